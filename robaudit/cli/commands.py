@@ -1,0 +1,103 @@
+"""Commands: one per registered analysis (built from its Options), plus
+info, audit, gate, show and compare. Commands are thin: they parse, call the
+engine (:mod:`robaudit.audit`), and hand the report to the renderers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Any, Callable, List, Optional
+
+import click
+import typer
+from click.core import ParameterSource
+
+from robaudit.analyses.base import Analysis
+from robaudit.cli import options as common
+
+_TYPED = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+OPT_PREFIX = "opt__"
+
+
+def _typed_values(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``kwargs`` the user actually gave (CLI or env var)."""
+    cctx = click.get_current_context()
+    return {k: v for k, v in kwargs.items() if cctx.get_parameter_source(k) in _TYPED}
+
+
+def analysis_parameters(analysis: Analysis) -> list[inspect.Parameter]:
+    """One CLI option per field of the analysis' Options dataclass."""
+    from robaudit.config import field_kind
+
+    params = []
+    for f in analysis.option_fields():
+        meta = f.metadata
+        kind = field_kind(f)
+        names = [meta.get("flag") or "--" + f.name.replace("_", "-")]
+        if meta.get("short"):
+            names.append(meta["short"])
+        text = meta.get("help", "")
+        if meta.get("choices"):
+            text += f" [{'|'.join(meta['choices'])}]"
+        if kind is not bool and f.default not in (None, ""):
+            text += f" [default: {f.default}]"
+        option = typer.Option(*names, help=text, rich_help_panel=f"{analysis.name} options")
+        typ = bool if kind is bool else Optional[kind]
+        params.append(inspect.Parameter(OPT_PREFIX + f.name, inspect.Parameter.KEYWORD_ONLY,
+                                        default=False if kind is bool else None,
+                                        annotation=Annotated[typ, option]))
+    return params
+
+
+def _with_signature(func: Callable, params: list[inspect.Parameter]) -> Callable:
+    func.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    func.__annotations__ = {p.name: p.annotation for p in params}
+    return func
+
+
+def _split(typed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    settings = {k: v for k, v in typed.items() if not k.startswith(OPT_PREFIX)}
+    opts = {k[len(OPT_PREFIX):]: v for k, v in typed.items() if k.startswith(OPT_PREFIX)}
+    return settings, opts
+
+
+def make_analysis_command(analysis: Analysis) -> Callable:
+    def command(**kwargs: Any) -> int:
+        from robaudit.cli.run import execute
+
+        settings, opts = _split(_typed_values(kwargs))
+        return execute(command=analysis.command_name, names=[analysis.name], cli_settings=settings,
+                       cli_options={analysis.name: opts})
+
+    command.__name__ = analysis.command_name
+    command.__doc__ = analysis.help
+    params = [common.MODEL_ARG] + common.parameters() + analysis_parameters(analysis)
+    return _with_signature(command, params)
+
+
+GATE_FLAGS = [
+    inspect.Parameter("fail_above", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[List[str]], typer.Option("--fail-above", help="Fail (exit 1) when METRIC > VALUE. Repeatable, e.g. --fail-above lipschitz_upper=500.", rich_help_panel="Gate")]),
+    inspect.Parameter("fail_below", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[List[str]], typer.Option("--fail-below", help="Fail (exit 1) when METRIC < VALUE. Repeatable, e.g. --fail-below 'attacks.worst_case@8/255=0.2'.", rich_help_panel="Gate")]),
+]
+
+
+def register(app: typer.Typer) -> None:
+    from robaudit import analyses
+    from robaudit.cli import info as info_cmd
+    from robaudit.cli import report_cmds
+
+    app.command("info", help=info_cmd.HELP)(info_cmd.info)
+    for name in analyses.available():
+        analysis = analyses.get(name)
+        app.command(analysis.command_name, help=analysis.help)(make_analysis_command(analysis))
+
+    def audit(**kwargs: Any) -> int:
+        return report_cmds.audit(_typed_values(kwargs))
+
+    params = [common.MODEL_ARG, *report_cmds.AUDIT_PARAMS, *GATE_FLAGS, *common.parameters()]
+    app.command("audit", help=report_cmds.AUDIT_HELP)(_with_signature(audit, params))
+    app.command("gate", help=report_cmds.GATE_HELP)(report_cmds.gate)
+    app.command("show", help=report_cmds.SHOW_HELP)(report_cmds.show)
+    app.command("compare", help=report_cmds.COMPARE_HELP)(report_cmds.compare)

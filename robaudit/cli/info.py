@@ -1,0 +1,114 @@
+"""``robaudit info``: what robaudit sees in a model file."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from robaudit.cli import options as common
+
+HELP = ("Model summary: format, classes, input shape, normalisation, parameter count, "
+        "and a layer table from one forward pass.")
+
+_MODEL_OPTS = ["arch", "mean", "std", "input_shape", "select", "unsafe_load", "device",
+               "config", "output", "json", "quiet", "debug"]
+
+
+def info(
+    model: Annotated[Optional[str], common.MODEL_ARG.annotation.__metadata__[0]] = None,
+    arch: Annotated[Optional[str], common.COMMON["arch"][1]] = None,
+    mean: Annotated[Optional[str], common.COMMON["mean"][1]] = None,
+    std: Annotated[Optional[str], common.COMMON["std"][1]] = None,
+    input_shape: Annotated[Optional[str], common.COMMON["input_shape"][1]] = None,
+    select: Annotated[Optional[str], common.COMMON["select"][1]] = None,
+    unsafe_load: Annotated[bool, common.COMMON["unsafe_load"][1]] = False,
+    device: Annotated[Optional[str], common.COMMON["device"][1]] = None,
+    config: Annotated[Optional[str], common.COMMON["config"][1]] = None,
+    output: Annotated[Optional[str], common.COMMON["output"][1]] = None,
+    json: Annotated[bool, common.COMMON["json"][1]] = False,
+    quiet: Annotated[bool, common.COMMON["quiet"][1]] = False,
+    debug: Annotated[bool, common.COMMON["debug"][1]] = False,
+    list_arch: Annotated[bool, typer.Option("--list-arch", help="List the architectures --arch accepts and exit.")] = False,
+) -> int:
+    from robaudit.cli.commands import _typed_values
+    from robaudit.cli.console import Diagnostics, stdout_console
+    from robaudit.config import load_config
+    from robaudit.settings import build_settings
+
+    if list_arch:
+        from robaudit.models.zoo import ZOO
+
+        for name, entry in ZOO.items():
+            stdout_console().print(f"{name:12s} {entry.help}", highlight=False)
+        return 0
+    typed = _typed_values(dict(model=model, arch=arch, mean=mean, std=std, input_shape=input_shape, select=select,
+                               unsafe_load=unsafe_load, device=device, config=config, output=output, json=json,
+                               quiet=quiet, debug=debug))
+    cfg = load_config(typed.get("config"))
+    settings = build_settings(typed, cfg.settings)
+    diag = Diagnostics(quiet=settings.quiet)
+    if settings.unsafe_load:
+        diag.warn("--unsafe-load: unpickling a full module runs code from the file; use only files you trust")
+
+    from robaudit.audit import load_model_for
+    from robaudit.device import resolve_device
+    from robaudit.models.summary import summarize
+    from robaudit.report.io import dumps
+
+    loaded = load_model_for(settings, resolve_device(settings.device))
+    summary = summarize(loaded)
+    if settings.output:
+        _write(settings.output, summary)
+        diag.note(f"model summary written to {settings.output}")
+    if settings.json:
+        stdout_console().file.write(dumps(summary))
+    else:
+        for renderable in render_info(summary):
+            stdout_console().print(renderable)
+    return 0
+
+
+def _write(path: str, summary: dict[str, Any]) -> None:
+    from robaudit.report.io import dumps, write_text_atomic
+
+    write_text_atomic(path, dumps(summary))
+
+
+def render_info(summary: dict[str, Any]) -> list:
+    from rich.table import Table
+
+    from robaudit.report.terminal import fmt
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    model = summary["model"]
+    grid.add_row("file", str(model.get("path") or "(embedded sample)"))
+    grid.add_row("format", str(model.get("format")))
+    if model.get("arch"):
+        grid.add_row("arch", str(model["arch"]))
+    grid.add_row("classes", str(model.get("num_classes")))
+    grid.add_row("input", "×".join(str(s) for s in model.get("input_shape") or []) + " (pixels in [0,1])")
+    norm = "none" if not model.get("mean") else f"mean {model['mean']}, std {model['std']}"
+    grid.add_row("normalisation", norm)
+    grid.add_row("parameters", f"{model.get('parameters'):,}")
+    if model.get("dataset"):
+        grid.add_row("dataset", str(model["dataset"]))
+    if model.get("sha256"):
+        grid.add_row("sha256", str(model["sha256"]))
+    table = Table(title="layers", title_justify="left")
+    for col in ("name", "type", "input → output", "params"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    for layer in summary.get("layers", []):
+        shapes = f"{_shape(layer.get('input_shape'))} → {_shape(layer.get('output_shape'))}"
+        table.add_row(layer["name"], layer["type"], shapes, fmt(layer.get("parameters")))
+    return [grid, table]
+
+
+def _shape(shape: Any) -> str:
+    if shape is None:
+        return "?"
+    if shape and isinstance(shape[0], list):
+        return ", ".join(_shape(s) for s in shape)
+    return "×".join(str(s) for s in shape)

@@ -1,0 +1,122 @@
+"""CI gate: thresholds on report metrics → pass/fail. Pure functions, no I/O.
+
+Metrics are named by readable aliases that analyses publish (e.g.
+``lipschitz_upper``, ``norms.spectral.p95``, ``attacks.pgd@8/255.robust_accuracy``)
+or by any dotted path into the report (``analyses.norms.summary.spectral.max``).
+
+Semantics, pinned by a boundary table in the tests:
+* ``fail_above M=V`` fails when value > V (equal passes);
+* ``fail_below M=V`` fails when value < V (equal passes);
+* a NaN or null value fails, never passes silently;
+* a metric that is not in the report is an error (exit 2), not a pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from difflib import get_close_matches
+from typing import Any, Iterable, Mapping
+
+from robaudit.errors import UsageError
+
+ABOVE, BELOW = "fail_above", "fail_below"
+_OPS = {ABOVE: "<=", BELOW: ">="}
+
+
+class MetricError(UsageError):
+    """A threshold names a metric the report does not have (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Threshold:
+    metric: str
+    kind: str  # fail_above | fail_below
+    value: float
+
+    @property
+    def op(self) -> str:
+        """The condition that must hold to pass."""
+        return _OPS[self.kind]
+
+
+def parse_threshold(text: str, kind: str) -> Threshold:
+    """'METRIC=VALUE' (VALUE may be a fraction such as 8/255) → Threshold."""
+    from robaudit.settings import eval_fraction
+
+    flag = "--" + kind.replace("_", "-")
+    metric, sep, raw = str(text).rpartition("=")
+    if not sep or not metric.strip():
+        raise UsageError(f"{flag}: expected METRIC=VALUE, got {text!r}")
+    try:
+        value = eval_fraction(raw)
+    except ValueError:
+        raise UsageError(f"{flag}: expected a number after '=', got {raw!r}") from None
+    if math.isnan(value):
+        raise UsageError(f"{flag}: threshold for {metric} is NaN")
+    return Threshold(metric.strip(), kind, value)
+
+
+def thresholds_from(mapping: Mapping[str, Mapping[str, float]]) -> list[Threshold]:
+    """Thresholds from a config's ``gate:`` section."""
+    out = []
+    for kind in (ABOVE, BELOW):
+        for metric, value in (mapping.get(kind) or {}).items():
+            out.append(Threshold(str(metric), kind, float(value)))
+    return out
+
+
+def passes(value: float | None, kind: str, threshold: float) -> bool:
+    """Whether ``value`` passes a ``kind`` threshold (NaN/None never pass)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if kind == ABOVE:
+        return value <= threshold
+    if kind == BELOW:
+        return value >= threshold
+    raise ValueError(f"unknown threshold kind {kind!r}")
+
+
+def _flatten(prefix: str, node: Any, out: dict[str, Any]) -> None:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), value, out)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool) or node is None:
+        out[prefix] = node
+
+
+def metrics_of(report: Mapping[str, Any]) -> dict[str, float | None]:
+    """Every metric the gate can see: analysis aliases, then dotted paths."""
+    from robaudit import analyses
+
+    out: dict[str, Any] = {}
+    _flatten("", {k: v for k, v in report.items() if k != "gate"}, out)
+    _flatten("", report.get("analyses") or {}, out)  # 'norms.summary.spectral.max' without 'analyses.'
+    for name, section in (report.get("analyses") or {}).items():
+        try:
+            analysis = analyses.get(name)
+        except UsageError:
+            continue
+        out.update(analysis.metrics(section))
+    return out
+
+
+def resolve(metrics: Mapping[str, Any], metric: str) -> float | None:
+    if metric in metrics:
+        value = metrics[metric]
+        return None if value is None else float(value)
+    near = get_close_matches(metric, list(metrics), n=1, cutoff=0.6)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    raise MetricError(f"gate: metric '{metric}' is not in the report{hint}")
+
+
+def evaluate(report: Mapping[str, Any], thresholds: Iterable[Threshold]) -> dict[str, Any]:
+    """Evaluate ``thresholds``; every metric is resolved before any is judged."""
+    thresholds = list(thresholds)
+    metrics = metrics_of(report)
+    values = [resolve(metrics, t.metric) for t in thresholds]
+    checks = []
+    for t, value in zip(thresholds, values):
+        checks.append({"metric": t.metric, "op": t.op, "threshold": t.value,
+                       "value": value, "passed": passes(value, t.kind, t.value)})
+    return {"passed": all(c["passed"] for c in checks), "checks": checks}

@@ -1,0 +1,3 @@
+"""Reports: assembly (build), files (io), terminal rendering, Markdown, compare."""
+
+SCHEMA_VERSION = 1
