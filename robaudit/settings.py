@@ -7,6 +7,7 @@ at the edge; everything downstream gets typed values.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -42,9 +43,9 @@ def eval_fraction(text: str) -> float:
 def parse_shape(text: Any, flag: str = "--input-shape") -> tuple[int, ...] | None:
     if text is None:
         return None
-    items = text if isinstance(text, (list, tuple)) else str(text).lower().replace("x", ",").split(",")
+    items = text if isinstance(text, (list, tuple)) else re.split(r"[,x×]", str(text).lower().replace(" ", ""))
     try:
-        shape = tuple(int(v) for v in items if str(v).strip() != "")
+        shape = tuple(int(v) for v in items)
     except ValueError:
         raise UsageError(f"{flag}: expected C,H,W such as 3,32,32, got {text!r}") from None
     if not shape or any(s <= 0 for s in shape):

@@ -1,0 +1,187 @@
+"""Batched Jacobian-vector and vector-Jacobian products of a model at a batch of inputs.
+
+With the model in eval mode the samples of a batch do not interact, so the
+Jacobian of the batched map is block diagonal: one backward pass with
+``grad_outputs=U`` (B, C) gives every Jᵢᵀuᵢ, and one forward-mode pass with
+tangents V (B, *input) gives every Jᵢvᵢ (Johansson et al. 2022, Sec. 3 and
+Alg. 1; DESIGN.md §4).
+
+Forward mode (``torch.func.jvp``) is used where the model supports it. Graphs
+with ops lacking a forward-mode formula (e.g. some onnx2torch conversions) fall
+back to the double-backward trick: g(u) = Jᵀu is linear in u, so the VJP of g
+with respect to u is Jv. The failure is detected once per module and remembered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import weakref
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from robaudit.errors import ModelLoadError, UsageError
+
+
+class Target(str, enum.Enum):
+    """Which output's Jacobian is taken: the logits, softmax probabilities or log-probabilities."""
+
+    LOGITS = "logits"
+    PROBS = "probs"
+    LOGPROBS = "logprobs"
+
+    @classmethod
+    def parse(cls, value: "str | Target") -> "Target":
+        try:
+            return cls(value)
+        except ValueError:
+            raise UsageError(f"--target: expected one of logits, probs, logprobs, got {value!r}") from None
+
+
+class JvpMode(str, enum.Enum):
+    """How Jv is computed: forward mode, or the double-backward trick."""
+
+    AUTO = "auto"
+    FORWARD = "forward"
+    DOUBLE_BACKWARD = "double_backward"
+
+
+# Modules for which forward mode failed once; they use double backward from then on.
+_NO_FORWARD_MODE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def apply_target(logits: torch.Tensor, target: Target) -> torch.Tensor:
+    """Map logits (B, C) to the chosen output."""
+    if target is Target.PROBS:
+        return torch.softmax(logits, dim=-1)
+    if target is Target.LOGPROBS:
+        return torch.log_softmax(logits, dim=-1)
+    return logits
+
+
+def check_output(out: object, batch: int) -> torch.Tensor:
+    """The model output as (B, C); ModelLoadError naming the shape otherwise."""
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != batch:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelLoadError(f"model output must be logits of shape (N, C) = ({batch}, C); got {shape}")
+    return out
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode (samples must not interact) and restore each submodule's mode after."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+class JacobianOperator:
+    """J(xᵢ) for every sample of a batch, as a pair of batched linear maps.
+
+    Args:
+        model: maps (B, *input) to logits (B, C); should be in eval mode
+            (the analyses and :func:`robaudit.linalg.sigma_max` ensure this).
+        x: inputs (B, *input); not modified.
+        target: differentiate logits, softmax probabilities or log-probabilities.
+        mode: ``auto`` tries forward mode once and falls back to double backward.
+
+    Shapes:
+        ``vjp(U)``: U (B, C) → (B, D) with D = prod(input);
+        ``jvp(V)``: V (B, D) → (B, C).
+
+    ``n_vjp`` and ``n_jvp`` count the products, for benchmarks and reports.
+    """
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 target: Target | str = Target.LOGITS, mode: JvpMode | str = JvpMode.AUTO) -> None:
+        self.model = model
+        self.target = Target.parse(target)
+        self.mode = JvpMode(mode)
+        self.batch = int(x.shape[0])
+        self.input_shape = tuple(x.shape[1:])
+        self.dim = int(torch.tensor(self.input_shape).prod().item()) if self.input_shape else 1
+        self.x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            self.output = apply_target(check_output(model(self.x), self.batch), self.target)
+        self.num_outputs = int(self.output.shape[1])
+        self.n_vjp = 0
+        self.n_jvp = 0
+        self._dual_u: torch.Tensor | None = None
+        self._dual_g: torch.Tensor | None = None
+        if self.mode is JvpMode.AUTO and isinstance(model, nn.Module) and model in _NO_FORWARD_MODE:
+            self.mode = JvpMode.DOUBLE_BACKWARD
+
+    @property
+    def value(self) -> torch.Tensor:
+        """The (detached) outputs at x, (B, C)."""
+        return self.output.detach()
+
+    def _f(self, x: torch.Tensor) -> torch.Tensor:
+        return apply_target(self.model(x), self.target)
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor:
+        """Jᵢᵀuᵢ for every sample: (B, C) → (B, D), one backward pass over the retained graph."""
+        self.n_vjp += 1
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.output, self.x, grad_outputs=u.to(self.output.dtype),
+                                       retain_graph=True, allow_unused=True)
+        if g is None:  # output does not depend on the input: J = 0
+            return torch.zeros(self.batch, self.dim, dtype=self.x.dtype, device=self.x.device)
+        return g.reshape(self.batch, -1)
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        """Jᵢvᵢ for every sample: (B, D) → (B, C)."""
+        self.n_jvp += 1
+        tangent = v.reshape(self.batch, *self.input_shape).to(self.x.dtype)
+        if self.mode in (JvpMode.AUTO, JvpMode.FORWARD):
+            try:
+                with torch.enable_grad():
+                    _, out = torch.func.jvp(self._f, (self.x.detach(),), (tangent,))
+                if self.mode is JvpMode.AUTO:
+                    self.mode = JvpMode.FORWARD  # it worked once: keep using it
+                return out.detach()
+            except Exception:
+                # Forward mode unsupported by some op (or by a functional transform of
+                # the graph). Remember it for this module and use double backward instead.
+                if self.mode is JvpMode.FORWARD:
+                    raise
+                self.mode = JvpMode.DOUBLE_BACKWARD
+                if isinstance(self.model, nn.Module):
+                    _NO_FORWARD_MODE.add(self.model)
+        return self._jvp_double_backward(tangent)
+
+    def _jvp_double_backward(self, tangent: torch.Tensor) -> torch.Tensor:
+        # g(u) = J^T u is linear in u, so d<g(u), v>/du = J v. The graph of g is built once.
+        with torch.enable_grad():
+            if self._dual_g is None:
+                self._dual_u = torch.zeros_like(self.output, requires_grad=True)
+                (g,) = torch.autograd.grad(self.output, self.x, grad_outputs=self._dual_u,
+                                           retain_graph=True, create_graph=True, allow_unused=True)
+                if g is None or not g.requires_grad:  # J constant in u-space only if J = 0
+                    return torch.zeros(self.batch, self.num_outputs, dtype=self.x.dtype, device=self.x.device)
+                self._dual_g = g
+            (jv,) = torch.autograd.grad(self._dual_g, self._dual_u, grad_outputs=tangent,
+                                        retain_graph=True, allow_unused=True)
+        if jv is None:
+            return torch.zeros(self.batch, self.num_outputs, dtype=self.x.dtype, device=self.x.device)
+        return jv.detach()
+
+    def gram(self, u: torch.Tensor) -> torch.Tensor:
+        """Jᵢ Jᵢᵀ uᵢ: (B, C) → (B, C), one VJP and one JVP."""
+        return self.jvp(self.vjp(u))
+
+    def normal(self, v: torch.Tensor) -> torch.Tensor:
+        """Jᵢᵀ Jᵢ vᵢ: (B, D) → (B, D), one JVP and one VJP."""
+        return self.vjp(self.jvp(v))
+
+    def release(self) -> None:
+        """Drop the retained graphs."""
+        self.output = self.output.detach()
+        self._dual_g = None
+        self._dual_u = None

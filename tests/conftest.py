@@ -1,0 +1,40 @@
+"""Shared fixtures: a pinned console width, the fake 'probe' analysis, asset paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ASSETS = REPO.parent / "shared" / "assets"
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def _pinned_width(monkeypatch):
+    # Rich wraps to the terminal; pin it so outputs compare byte for byte.
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.fixture
+def probe_analysis(monkeypatch):
+    """Register tests/fake_analysis.py as the analysis 'probe'."""
+    from robaudit import analyses
+
+    monkeypatch.setitem(analyses.REGISTRY, "probe", "fake_analysis")
+    return analyses.get("probe")
+
+
+def shared_asset(*parts: str) -> Path:
+    path = SHARED_ASSETS.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared asset not present: {path} (../shared is absent on a user's clone)")
+    return path
+
+
+def cli(*args: str) -> int:
+    from robaudit.cli.app import run
+
+    return run(list(args))
