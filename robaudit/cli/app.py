@@ -10,7 +10,6 @@ import os
 import sys
 from typing import Sequence
 
-import click
 import typer
 
 from robaudit import __version__
@@ -68,14 +67,15 @@ def run(argv: Sequence[str]) -> int:
     from robaudit.errors import RobauditError
 
     debug = _debug_requested(argv)
+    exits, aborts, usage = _framework_exceptions()
     try:
         result = app(args=list(argv), prog_name="robaudit", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code or 0)
-    except click.exceptions.Abort:
+    except exits as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except aborts:
         _error("interrupted")
         return 130
-    except click.ClickException as exc:  # bad flags, missing values: usage error
+    except usage as exc:  # bad flags, missing values: usage error
         if debug:
             raise
         _error(exc.format_message() if hasattr(exc, "format_message") else str(exc),
@@ -96,6 +96,33 @@ def run(argv: Sequence[str]) -> int:
         _error(f"internal error: {type(exc).__name__}: {first} (run again with --debug for the traceback)")
         return 3
     return int(result or 0)
+
+
+def _framework_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(exit, abort, usage-error) exception classes of Typer and of click.
+
+    Recent Typer vendors its own click; older Typer re-exports click's. Both
+    are caught so the exit-code mapping does not depend on the version.
+    """
+    exits: list[type] = [typer.Exit]
+    aborts: list[type] = [typer.Abort]
+    usage: list[type] = []
+    try:
+        from typer._click import exceptions as vendored  # Typer >= 0.2x
+
+        exits.append(vendored.Exit) if hasattr(vendored, "Exit") else None
+        usage.append(vendored.ClickException)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        exits.append(click.exceptions.Exit)
+        aborts.append(click.exceptions.Abort)
+        usage.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(exits), tuple(aborts), tuple(usage)
 
 
 def _usage_hint(exc: click.ClickException) -> str | None:

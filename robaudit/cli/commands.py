@@ -8,21 +8,23 @@ from __future__ import annotations
 import inspect
 from typing import Annotated, Any, Callable, List, Optional
 
-import click
 import typer
-from click.core import ParameterSource
 
 from robaudit.analyses.base import Analysis
 from robaudit.cli import options as common
 
-_TYPED = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+_TYPED = ("COMMANDLINE", "ENVIRONMENT")
 OPT_PREFIX = "opt__"
+CTX_PARAM = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
 
 
-def _typed_values(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The subset of ``kwargs`` the user actually gave (CLI or env var)."""
-    cctx = click.get_current_context()
-    return {k: v for k, v in kwargs.items() if cctx.get_parameter_source(k) in _TYPED}
+def _typed_values(ctx: typer.Context, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``kwargs`` the user actually gave (on the command line or by env var)."""
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name in _TYPED
+
+    return {k: v for k, v in kwargs.items() if given(k)}
 
 
 def analysis_parameters(analysis: Analysis) -> list[inspect.Parameter]:
@@ -62,16 +64,16 @@ def _split(typed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def make_analysis_command(analysis: Analysis) -> Callable:
-    def command(**kwargs: Any) -> int:
+    def command(ctx: typer.Context, **kwargs: Any) -> int:
         from robaudit.cli.run import execute
 
-        settings, opts = _split(_typed_values(kwargs))
+        settings, opts = _split(_typed_values(ctx, kwargs))
         return execute(command=analysis.command_name, names=[analysis.name], cli_settings=settings,
                        cli_options={analysis.name: opts})
 
     command.__name__ = analysis.command_name
     command.__doc__ = analysis.help
-    params = [common.MODEL_ARG] + common.parameters() + analysis_parameters(analysis)
+    params = [CTX_PARAM, common.MODEL_ARG] + common.parameters() + analysis_parameters(analysis)
     return _with_signature(command, params)
 
 
@@ -93,10 +95,10 @@ def register(app: typer.Typer) -> None:
         analysis = analyses.get(name)
         app.command(analysis.command_name, help=analysis.help)(make_analysis_command(analysis))
 
-    def audit(**kwargs: Any) -> int:
-        return report_cmds.audit(_typed_values(kwargs))
+    def audit(ctx: typer.Context, **kwargs: Any) -> int:
+        return report_cmds.audit(_typed_values(ctx, kwargs))
 
-    params = [common.MODEL_ARG, *report_cmds.AUDIT_PARAMS, *GATE_FLAGS, *common.parameters()]
+    params = [CTX_PARAM, common.MODEL_ARG, *report_cmds.AUDIT_PARAMS, *GATE_FLAGS, *common.parameters()]
     app.command("audit", help=report_cmds.AUDIT_HELP)(_with_signature(audit, params))
     app.command("gate", help=report_cmds.GATE_HELP)(report_cmds.gate)
     app.command("show", help=report_cmds.SHOW_HELP)(report_cmds.show)

@@ -11,11 +11,8 @@ from robaudit.cli import options as common
 HELP = ("Model summary: format, classes, input shape, normalisation, parameter count, "
         "and a layer table from one forward pass.")
 
-_MODEL_OPTS = ["arch", "mean", "std", "input_shape", "select", "unsafe_load", "device",
-               "config", "output", "json", "quiet", "debug"]
-
-
 def info(
+    ctx: typer.Context,
     model: Annotated[Optional[str], common.MODEL_ARG.annotation.__metadata__[0]] = None,
     arch: Annotated[Optional[str], common.COMMON["arch"][1]] = None,
     mean: Annotated[Optional[str], common.COMMON["mean"][1]] = None,
@@ -42,7 +39,7 @@ def info(
         for name, entry in ZOO.items():
             stdout_console().print(f"{name:12s} {entry.help}", highlight=False)
         return 0
-    typed = _typed_values(dict(model=model, arch=arch, mean=mean, std=std, input_shape=input_shape, select=select,
+    typed = _typed_values(ctx, dict(model=model, arch=arch, mean=mean, std=std, input_shape=input_shape, select=select,
                                unsafe_load=unsafe_load, device=device, config=config, output=output, json=json,
                                quiet=quiet, debug=debug))
     cfg = load_config(typed.get("config"))
@@ -102,7 +99,7 @@ def render_info(summary: dict[str, Any]) -> list:
         table.add_column(col, justify="right" if col == "params" else "left")
     for layer in summary.get("layers", []):
         shapes = f"{_shape(layer.get('input_shape'))} → {_shape(layer.get('output_shape'))}"
-        table.add_row(layer["name"], layer["type"], shapes, fmt(layer.get("parameters")))
+        table.add_row(layer["name"], layer["type"], shapes, f"{layer.get('parameters') or 0:,}")
     return [grid, table]
 
 
