@@ -87,6 +87,11 @@ def run_plan(ctx: AuditContext, plan: Plan) -> tuple[dict[str, Any], dict[str, f
         try:
             sections[analysis.name] = analysis.run(ctx, options)
         except KeyboardInterrupt as exc:
+            # Keep what finished; an analysis may attach its own partial section.
+            partial = getattr(exc, "partial_section", None)
+            if partial is not None:
+                sections[analysis.name] = {**partial, "complete": False}
+                timings[analysis.name] = round(time.perf_counter() - start, 4)
             exc.partial = (sections, timings)  # type: ignore[attr-defined]
             raise
         timings[analysis.name] = round(time.perf_counter() - start, 4)

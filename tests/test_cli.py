@@ -167,7 +167,8 @@ def test_internal_error_is_exit_3_not_a_pass(capsys, probe_analysis, monkeypatch
     from robaudit import analyses
 
     monkeypatch.setattr(fake_analysis, "ANALYSIS", replace(fake_analysis.ANALYSIS, run=boom))
-    monkeypatch.setattr(analyses, "get", lambda name: fake_analysis.ANALYSIS if name == "probe" else None)
+    real_get = analyses.get
+    monkeypatch.setattr(analyses, "get", lambda name: fake_analysis.ANALYSIS if name == "probe" else real_get(name))
     code = cli("audit", "--analyses", "probe", "--limit", "4", "--quiet")
     err = capsys.readouterr().err
     assert code == 3
@@ -181,3 +182,31 @@ def test_gate_failure_exits_1_in_a_real_subprocess(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "FAIL" in proc.stdout
+
+
+def test_ctrl_c_writes_the_finished_part_marked_incomplete(tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+
+    import fake_analysis
+    from robaudit import analyses
+
+    def interrupted(ctx, options):
+        exc = KeyboardInterrupt()
+        exc.partial_section = {"accuracy": 0.5, "top_logit": 1.0}
+        raise exc
+
+    first = fake_analysis.ANALYSIS
+    second = replace(first, name="probe2", run=interrupted)
+    real_get = analyses.get
+    fakes = {"probe": first, "probe2": second}
+    monkeypatch.setattr(analyses, "get", lambda name: fakes.get(name) or real_get(name))
+    monkeypatch.setitem(analyses.REGISTRY, "probe", "fake_analysis")
+    monkeypatch.setitem(analyses.REGISTRY, "probe2", "fake_analysis")
+    out = tmp_path / "r.json"
+    code = cli("audit", "--analyses", "probe,probe2", "--limit", "8", "--quiet", "-o", str(out))
+    assert code == 130
+    report = json.loads(out.read_text())
+    assert report["complete"] is False
+    assert set(report["analyses"]) == {"probe", "probe2"}
+    assert report["analyses"]["probe2"]["complete"] is False
+    assert "INCOMPLETE" in capsys.readouterr().out
