@@ -7,12 +7,16 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from robaudit.errors import UsageError
 
 
 class LeNet(nn.Module):
@@ -99,22 +103,157 @@ class ResNetCifar(nn.Module):
 
 @dataclass(frozen=True)
 class ZooEntry:
+    """One architecture robaudit ships.
+
+    Attributes:
+        build: factory returning a fresh, randomly initialised module.
+        help: one line for ``robaudit info --list-arch``.
+        input_shape: (C, H, W) of one sample.
+        mean, std: default normalisation, applied when the user gives none.
+        module_class: the class ``build`` returns (to recognise pickled/TorchScript copies).
+        channels_kwarg: the build kwarg that sets the input channels (overrides ``input_shape[0]``).
+    """
+
     build: Callable[..., nn.Module]
     help: str
     input_shape: tuple[int, int, int]
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    module_class: type | None = None
+    channels_kwarg: str | None = None
 
 
 ZOO: dict[str, ZooEntry] = {
     "lenet": ZooEntry(LeNet, "LeNet of Johansson et al. App. A.1 (kwargs: in_channels, num_classes); 1×28×28",
-                      (1, 28, 28)),
+                      (1, 28, 28), module_class=LeNet, channels_kwarg="in_channels"),
     "resnet20": ZooEntry(lambda num_classes=10: ResNetCifar((3, 3, 3), num_classes),
                          "CIFAR ResNet-20, option-A shortcuts (He et al. 2016); 3×32×32",
-                         (3, 32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                         (3, 32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), module_class=ResNetCifar),
 }
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:
     """Instantiate a zoo architecture by name."""
     return ZOO[name].build(**kwargs)
+
+
+def input_shape_for(name: str, arch_kwargs: Mapping[str, Any] | None = None) -> tuple[int, int, int]:
+    """(C, H, W) for zoo architecture ``name`` built with ``arch_kwargs`` (channels may be a kwarg)."""
+    entry = ZOO[name]
+    shape = entry.input_shape
+    if entry.channels_kwarg and arch_kwargs and entry.channels_kwarg in arch_kwargs:
+        shape = (int(arch_kwargs[entry.channels_kwarg]),) + shape[1:]
+    return shape
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A resolved ``--arch``: how to build the network and where the name came from.
+
+    Attributes:
+        name: the spec as given.
+        kind: "zoo" | "torchvision" | "import".
+        factory: callable(**kwargs) -> nn.Module (never downloads weights).
+        entry: the ZooEntry for zoo names, else None.
+    """
+
+    name: str
+    kind: str
+    factory: Callable[..., nn.Module]
+    entry: ZooEntry | None = None
+
+    def accepts(self, kwarg: str) -> bool:
+        """Whether the factory takes keyword ``kwarg`` (torchvision models all take num_classes)."""
+        if self.kind == "torchvision":
+            return kwarg == "num_classes"
+        try:
+            params = inspect.signature(self.factory).parameters
+        except (TypeError, ValueError):
+            return False
+        return kwarg in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision.models
+
+    return list(torchvision.models.list_models())
+
+
+def resolve(spec: str, *, allow_import: bool = True, flag: str = "--arch") -> Arch:
+    """Resolve an architecture name: a zoo name, a torchvision model name, or ``package.module:factory``.
+
+    Args:
+        spec: the name.
+        allow_import: accept ``package.module:factory`` (only for names the user typed; a model
+            file must not make robaudit import arbitrary modules).
+        flag: how to name the source in error messages.
+
+    Raises:
+        UsageError: the name is unknown or the factory cannot be imported.
+    """
+    spec = spec.strip()
+    if spec in ZOO:
+        return Arch(spec, "zoo", ZOO[spec].build, ZOO[spec])
+    if ":" in spec:
+        if not allow_import:
+            raise UsageError(f"{flag} {spec!r}: importing factories is only allowed from the command line (--arch)")
+        return Arch(spec, "import", _import_factory(spec, flag))
+    if spec in _torchvision_names():
+        import torchvision.models
+
+        # weights=None: build the architecture only, never download anything.
+        return Arch(spec, "torchvision", lambda **kw: torchvision.models.get_model(spec, weights=None, **kw))
+    raise UsageError(f"{flag} {spec!r}: not a robaudit zoo name ({', '.join(ZOO)}), a torchvision model name, "
+                     "or package.module:factory (see 'robaudit info --list-arch')")
+
+
+def _import_factory(spec: str, flag: str) -> Callable[..., nn.Module]:
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path:
+        raise UsageError(f"{flag} {spec!r}: expected package.module:factory")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or the module failed while importing
+        raise UsageError(f"{flag} {spec!r}: cannot import {module_name} ({type(exc).__name__}: {exc})") from None
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"{flag} {spec!r}: {module_name} has no attribute {attr_path!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UsageError(f"{flag} {spec!r}: {attr_path} is not callable")
+    return obj
+
+
+def infer_kwargs(arch: Arch, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Build kwargs read off a state_dict's shapes: ``num_classes`` (rows of the last weight
+    matrix) and ``in_channels`` (input channels of the first conv kernel), when the factory takes them."""
+    kwargs: dict[str, Any] = {}
+    weights = [v for k, v in state_dict.items() if k.endswith("weight") and torch.is_tensor(v) and v.dim() >= 2]
+    if weights and arch.accepts("num_classes"):
+        kwargs["num_classes"] = int(weights[-1].shape[0])
+    convs = [w for w in weights if w.dim() == 4]
+    if convs and arch.entry is not None and arch.entry.channels_kwarg and arch.accepts(arch.entry.channels_kwarg):
+        kwargs[arch.entry.channels_kwarg] = int(convs[0].shape[1])
+    return kwargs
+
+
+def match_module(net: nn.Module) -> tuple[str, dict[str, Any]] | None:
+    """The zoo name (and build kwargs) of a module that is a copy of a zoo architecture, or None.
+
+    Recognises pickled instances and TorchScript modules (by ``original_name``) whose
+    state_dict has exactly the keys and shapes of the zoo build.
+    """
+    cls_name = getattr(net, "original_name", None) or type(net).__name__
+    sd = net.state_dict()
+    for name, entry in ZOO.items():
+        if entry.module_class is None or entry.module_class.__name__ != cls_name:
+            continue
+        arch = Arch(name, "zoo", entry.build, entry)
+        kwargs = infer_kwargs(arch, sd)
+        try:
+            ref = entry.build(**kwargs).state_dict()
+        except Exception:  # kwargs the entry rejects: not this architecture
+            continue
+        if ref.keys() == sd.keys() and all(ref[k].shape == sd[k].shape for k in ref):
+            return name, kwargs
+    return None
