@@ -117,6 +117,7 @@ class LoadedModel:
             "mean": list(self.mean) if self.mean else None,
             "std": list(self.std) if self.std else None,
             "parameters": self.param_count, "dataset": self.dataset,
+            "embedded": bool(self.meta.get("embedded", False)),
         }
 
 

@@ -21,7 +21,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     status = "" if not gate else (" — gate **PASS**" if gate.get("passed") else " — gate **FAIL**")
     lines = [f"## robaudit report{status}", ""]
     shape = "×".join(str(s) for s in model.get("input_shape") or [])
-    lines.append(f"- **model**: `{model.get('path') or '(in memory)'}` ({model.get('format')}, "
+    lines.append(f"- **model**: `{model.get('path') or ('(embedded sample)' if model.get('embedded') else '(in memory)')}` ({model.get('format')}, "
                  f"{model.get('num_classes')} classes, input {shape})")
     if data:
         lines.append(f"- **data**: {data.get('name')} ({data.get('split')}), n = {data.get('n')}")

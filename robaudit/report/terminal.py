@@ -35,7 +35,7 @@ def header(report: Mapping[str, Any]) -> Table:
     table.add_column(style="bold")
     table.add_column()
     shape = "×".join(str(s) for s in model.get("input_shape") or [])
-    table.add_row("model", f"{model.get('path') or '(in memory)'}  [{model.get('format')}]  "
+    table.add_row("model", f"{model.get('path') or ('(embedded sample)' if model.get('embedded') else '(in memory)')}  [{model.get('format')}]  "
                   f"{model.get('num_classes')} classes, input {shape}")
     if data:
         table.add_row("data", f"{data.get('name')} ({data.get('split')}), n={data.get('n')}")
