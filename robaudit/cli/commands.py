@@ -9,6 +9,7 @@ import inspect
 from typing import Annotated, Any, Callable, List, Optional
 
 import typer
+from rich.markup import escape
 
 from robaudit.analyses.base import Analysis
 from robaudit.cli import options as common
@@ -43,6 +44,7 @@ def analysis_parameters(analysis: Analysis) -> list[inspect.Parameter]:
             text += f" [{'|'.join(meta['choices'])}]"
         if kind is not bool and f.default not in (None, ""):
             text += f" [default: {f.default}]"
+        text = escape(text)  # help is rendered as Rich markup: keep [..] literal
         option = typer.Option(*names, help=text, rich_help_panel=f"{analysis.name} options")
         typ = bool if kind is bool else Optional[kind]
         params.append(inspect.Parameter(OPT_PREFIX + f.name, inspect.Parameter.KEYWORD_ONLY,
