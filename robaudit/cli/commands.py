@@ -36,7 +36,9 @@ def analysis_parameters(analysis: Analysis) -> list[inspect.Parameter]:
     for f in analysis.option_fields():
         meta = f.metadata
         kind = field_kind(f)
-        names = [meta.get("flag") or "--" + f.name.replace("_", "-")]
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        # A switch that is on by default also needs a way to turn it off.
+        names = [f"{flag}/--no-{flag[2:]}" if kind is bool and f.default is True else flag]
         if meta.get("short"):
             names.append(meta["short"])
         text = meta.get("help", "")

@@ -118,3 +118,24 @@ def batch_rows_for_budget(num_outputs: int, dim: int, itemsize: int, budget: int
     """How many samples' Jacobians (C×D each, plus float64 copies) fit in ``budget`` bytes (≥ 1)."""
     per_sample = num_outputs * dim * (itemsize + 8 * 2)
     return max(1, budget // max(per_sample, 1))
+
+
+def right_singular(jac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full singular spectrum and right singular vectors of a batch of Jacobians, in float64.
+
+    Args:
+        jac: (B, C, D).
+
+    Returns:
+        (S, Vh, finite): S (B, r) descending, Vh (B, r, D) with rows the right singular
+        vectors v_r (Roth et al. 2019, Sec. 5.2), finite (B,); NaN rows where J is not finite.
+    """
+    b, c, d = jac.shape
+    r = min(c, d)
+    finite = torch.isfinite(jac).flatten(1).all(dim=1)
+    s = torch.full((b, r), float("nan"), dtype=torch.float64, device=jac.device)
+    vh = torch.full((b, r, d), float("nan"), dtype=torch.float64, device=jac.device)
+    if finite.any():
+        _, sv, v = torch.linalg.svd(jac[finite].to(torch.float64), full_matrices=False)
+        s[finite], vh[finite] = sv, v
+    return s, vh, finite

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
+import warnings
 import weakref
 from typing import Callable, Iterator
 
@@ -105,7 +107,7 @@ class JacobianOperator:
         self.mode = JvpMode(mode)
         self.batch = int(x.shape[0])
         self.input_shape = tuple(x.shape[1:])
-        self.dim = int(torch.tensor(self.input_shape).prod().item()) if self.input_shape else 1
+        self.dim = math.prod(self.input_shape)
         self.x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             self.output = apply_target(check_output(model(self.x), self.batch), self.target)
@@ -141,8 +143,11 @@ class JacobianOperator:
         tangent = v.reshape(self.batch, *self.input_shape).to(self.x.dtype)
         if self.mode in (JvpMode.AUTO, JvpMode.FORWARD):
             try:
-                with torch.enable_grad():
-                    _, out = torch.func.jvp(self._f, (self.x.detach(),), (tangent,))
+                with warnings.catch_warnings():
+                    # torch's forward-AD decompositions call the deprecated torch.jit.script on first use
+                    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+                    with torch.no_grad():  # forward mode needs no backward graph
+                        _, out = torch.func.jvp(self._f, (self.x.detach(),), (tangent,))
                 if self.mode is JvpMode.AUTO:
                     self.mode = JvpMode.FORWARD  # it worked once: keep using it
                 return out.detach()
