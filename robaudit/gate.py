@@ -91,7 +91,6 @@ def metrics_of(report: Mapping[str, Any]) -> dict[str, float | None]:
 
     out: dict[str, Any] = {}
     _flatten("", {k: v for k, v in report.items() if k != "gate"}, out)
-    _flatten("", report.get("analyses") or {}, out)  # 'norms.summary.spectral.max' without 'analyses.'
     for name, section in (report.get("analyses") or {}).items():
         try:
             analysis = analyses.get(name)
@@ -99,6 +98,38 @@ def metrics_of(report: Mapping[str, Any]) -> dict[str, float | None]:
             continue
         out.update(analysis.metrics(section))
     return out
+
+
+REPORT_ROOTS = ("analyses.", "model.", "data.", "environment.", "timings.")
+
+
+def check_known(thresholds: Iterable[Threshold], selected: Iterable[Any]) -> None:
+    """Reject, before any computation, metrics no selected analysis can produce.
+
+    A metric is known when it is a dotted path into the report
+    (``analyses.norms.summary.spectral.max``) or matches an alias pattern of a
+    selected analysis (``norms.spectral.p95``, ``lipschitz_upper``).
+    """
+    import re
+
+    selected = list(selected)
+    examples: list[str] = []
+    for t in thresholds:
+        if t.metric.startswith(REPORT_ROOTS):
+            continue
+        ok = False
+        for analysis in selected:
+            patterns = analysis.metric_patterns or (re.escape(analysis.name) + r"\..+",)
+            if any(re.fullmatch(p, t.metric) for p in patterns):
+                ok = True
+                break
+        if not ok:
+            for analysis in selected:
+                examples += [p.replace("\\", "") for p in analysis.metric_patterns[:3]]
+            names = ", ".join(a.name for a in selected) or "none"
+            hint = f"; aliases look like: {', '.join(examples[:6])}" if examples else ""
+            raise MetricError(f"gate: metric '{t.metric}' is not produced by the selected analyses ({names}){hint}; "
+                              "dotted report paths start with 'analyses.'")
 
 
 def resolve(metrics: Mapping[str, Any], metric: str) -> float | None:

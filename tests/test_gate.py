@@ -43,22 +43,36 @@ def _report(**analyses):
 
 def test_evaluate_dotted_paths_and_missing_metric():
     report = _report(custom={"summary": {"x": 2.0, "nan": None}})
-    result = evaluate(report, [Threshold("custom.summary.x", ABOVE, 2.0),
+    result = evaluate(report, [Threshold("analyses.custom.summary.x", ABOVE, 2.0),
                                Threshold("analyses.custom.summary.x", BELOW, 2.5)])
     assert result["passed"] is False
     assert [c["passed"] for c in result["checks"]] == [True, False]
     assert result["checks"][1]["op"] == ">="
-    nan = evaluate(report, [Threshold("custom.summary.nan", ABOVE, 1e9)])
+    nan = evaluate(report, [Threshold("analyses.custom.summary.nan", ABOVE, 1e9)])
     assert nan["passed"] is False and nan["checks"][0]["value"] is None
-    with pytest.raises(MetricError, match="custom.summary.y.*did you mean 'custom.summary.x'"):
-        evaluate(report, [Threshold("custom.summary.y", ABOVE, 1.0)])
+    with pytest.raises(MetricError, match="custom.summary.y.*did you mean 'analyses.custom.summary.x'"):
+        evaluate(report, [Threshold("analyses.custom.summary.y", ABOVE, 1.0)])
     assert MetricError.exit_code == 2
 
 
 def test_missing_metric_fails_before_any_check_is_judged():
     report = _report(custom={"x": 1.0})
     with pytest.raises(MetricError):
-        evaluate(report, [Threshold("custom.x", ABOVE, 0.0), Threshold("nope", ABOVE, 0.0)])
+        evaluate(report, [Threshold("analyses.custom.x", ABOVE, 0.0), Threshold("nope", ABOVE, 0.0)])
+
+
+def test_check_known_rejects_unknown_aliases_before_running(probe_analysis):
+    from dataclasses import replace
+
+    from robaudit.gate import check_known
+
+    strict = replace(probe_analysis, metric_patterns=(r"probe\.(accuracy|top_logit)",))
+    check_known([Threshold("probe.accuracy", BELOW, 0.5), Threshold("analyses.probe.anything", ABOVE, 1)], [strict])
+    with pytest.raises(MetricError, match="probe.acuracy.*selected analyses \\(probe\\)"):
+        check_known([Threshold("probe.acuracy", BELOW, 0.5)], [strict])
+    check_known([Threshold("probe.whatever", BELOW, 0.5)], [probe_analysis])   # no patterns: lenient
+    with pytest.raises(MetricError):
+        check_known([Threshold("norms.spectral.max", ABOVE, 1)], [probe_analysis])
 
 
 def test_empty_threshold_list_passes():

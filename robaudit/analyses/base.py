@@ -68,6 +68,9 @@ class Analysis:
         command: the CLI command name when it differs from ``name``.
         profiles: audit profile name (quick/standard/full) → option overrides;
             an analysis runs in the profiles it lists.
+        metric_patterns: regular expressions (full match) of the aliases
+            ``metrics`` can return, so the gate can reject an unknown metric
+            before any computation. Empty: any ``<name>.…`` alias is accepted.
     """
 
     name: str
@@ -80,6 +83,7 @@ class Analysis:
     needs_data: bool = True
     command: str | None = None
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    metric_patterns: tuple[str, ...] = ()
 
     @property
     def command_name(self) -> str:

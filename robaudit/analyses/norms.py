@@ -347,4 +347,6 @@ ANALYSIS = Analysis(
     render=render,
     metrics=metrics,
     profiles={"quick": {"method": "exact", "top_k": 1}, "standard": {}, "full": {}},
+    metric_patterns=(r"norms\.(spectral|frobenius)\.(mean|median|p95|max)", r"norms\.stable_rank\.mean",
+                     r"norms\.nonfinite"),
 )

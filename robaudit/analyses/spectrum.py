@@ -290,4 +290,6 @@ ANALYSIS = Analysis(
     plot=plot,
     profiles={"quick": {"max_samples": 32, "steps": 5, "per_sample": False},
               "standard": {"max_samples": 200}, "full": {}},
+    metric_patterns=(r"spectrum\.sigma_max\.\w+", r"spectrum\.alignment\.(adversarial|random)\.top1",
+                     r"spectrum\.energy\.(adversarial|random)"),
 )

@@ -40,6 +40,10 @@ def execute(*, command: str, names: list[str], cli_settings: Mapping[str, Any],
     cfg = cfg if cfg is not None else load_config(cli_settings.get("config"))
     settings = build_settings(cli_settings, cfg.settings)
     plan = make_plan(names, cfg, cli_options, profile_options)
+    if thresholds:
+        from robaudit.gate import check_known
+
+        check_known(thresholds, [analysis for analysis, _ in plan.steps])
     diag = Diagnostics(quiet=settings.quiet)
     if settings.unsafe_load:
         diag.warn("--unsafe-load: unpickling a full module runs code from the file; use only files you trust")
