@@ -1,0 +1,362 @@
+"""``robaudit layers``: per-layer operator norms and bounds, the global Lipschitz bracket, certified radii.
+
+* Per layer (input shapes from forward hooks on one batch): the operator norm
+  of the real layer by power iteration (a lower bound converging to the exact
+  value), Sedghi's exact circular value, the Singla/Fantastic-Four bound, the
+  Gram-iteration bound (Delattre et al. 2023) and Miyato's heuristic (not a
+  bound); ‖W‖₂ for Linear; exact constants for BatchNorm, activations, pooling.
+* Global: ``lipschitz_upper`` composes per-layer upper bounds over the fx graph
+  (AutoLip, Scaman & Virmaux 2018); ``lipschitz_lower`` is the max over the data
+  of the per-sample σ_max of the Jacobian (reused from the norms analysis when
+  it ran). The normalisation layer counts (1/min std).
+* Certified ℓ2 radius per sample: margin / (√2 · L_upper) (Tsuzuku et al. 2018),
+  and the certified accuracy at a grid of radii.
+
+Numerics live in :mod:`robaudit.bounds`; this module imports torch only in ``run``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from rich.table import Table
+from rich.text import Text
+
+from robaudit.analyses.base import Analysis, opt
+from robaudit.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from robaudit.context import AuditContext
+
+DEFAULT_RADII = "0.01,0.05,0.1,0.25,0.5,1"
+PROBE_BATCH = 2  # samples used to record layer shapes (only shapes matter)
+
+
+@dataclass(frozen=True)
+class Options:
+    iters: int = opt(100, "Power-iteration cap per conv/linear layer for operator_norm (0 skips it).", min=0)
+    tol: float = opt(1e-6, "Relative tolerance of the per-layer power iteration.", min=0.0)
+    gram_iters: int = opt(12, "Maximum Gram-iteration squarings per conv layer.", min=0)
+    gram_tol: float = opt(5e-3, "Stop the Gram iteration once the bound is within this factor of its lower bound.",
+                          min=0.0)
+    fuse_bn: bool = opt(True, "Bound each conv→BatchNorm pair as one linear map (tighter, still valid).")
+    allow_unbounded: bool = opt(False, "Report layers without a rule as unbounded (no lipschitz_upper) "
+                                "instead of failing.")
+    radii: str = opt(DEFAULT_RADII, "Comma-separated ℓ2 radii (pixel units, fractions like 36/255 allowed) "
+                     "for the certified accuracy.")
+    lower: bool = opt(True, "With data: lower bound = max per-sample σ_max of the Jacobian.")
+    per_sample: bool = opt(True, "With data: one row per sample (margin, certified radius).")
+    precision: str = opt("float64", "Dtype of the bound computations.", choices=("float64", "float32"))
+
+
+def parse_radii(text: str) -> list[tuple[str, float]]:
+    """'0.1, 36/255' → [('0.1', 0.1), ('36/255', 0.1411…)]; UsageError on bad items."""
+    from robaudit.settings import eval_fraction
+
+    out = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            value = eval_fraction(item)
+        except ValueError:
+            raise UsageError(f"--radii: expected numbers such as 0.1 or 36/255, got {item!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"--radii: expected non-negative radii, got {item!r}")
+        out.append((item, value))
+    if not out:
+        raise UsageError(f"--radii: expected at least one radius, got {text!r}")
+    return out
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if v is not None and math.isfinite(float(v)) else None
+
+
+def _layer_row(rec: Any) -> dict[str, Any]:
+    b = rec.bound
+    info = b.info or {}
+    row: dict[str, Any] = {
+        "name": rec.name, "type": rec.type, "kind": b.kind,
+        "input_shape": list(rec.input_shape), "output_shape": list(rec.output_shape),
+        "operator_norm": info.get("operator_norm"), "iterations": info.get("iterations"),
+        "converged": info.get("converged"),
+        "circular_exact": info.get("circular_exact"), "singla_bound": info.get("singla_bound"),
+        "gram_bound": info.get("gram_bound"), "heuristic": info.get("heuristic"),
+        "exact": b.exact, "upper": b.upper, "method": b.method,
+    }
+    if b.kind == "conv":
+        for key in ("circular_upper", "circular_is_exact", "strided_exact", "fft_size", "pad_factor", "reshape_bounds",
+                    "gram_steps"):
+            row[key] = info.get(key)
+    if "ratios" in info:
+        row["ratios"] = info["ratios"]
+    if rec.fused:
+        row["fused"] = dict(rec.fused)
+    if b.upper is None:
+        row["unbounded_reason"] = b.reason
+    return row
+
+
+def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
+    """Per-layer table, Lipschitz bracket and certified radii (radii and lower bound need data)."""
+    import torch
+
+    from robaudit.bounds.graph import lipschitz_bound
+    from robaudit.bounds.rules import RuleOptions
+
+    radii = parse_radii(options.radii)
+    torch.manual_seed(ctx.seed)
+    model = ctx.model.module
+    if ctx.data is not None and len(ctx.data):
+        probe = ctx.data.images(slice(0, PROBE_BATCH), device=ctx.device, dtype=ctx.dtype)
+    else:
+        probe = torch.rand((PROBE_BATCH, *ctx.model.input_shape), device=ctx.device, dtype=ctx.dtype)
+    rule_opts = RuleOptions(iters=options.iters, tol=options.tol, gram_iters=options.gram_iters,
+                            gram_tol=options.gram_tol, dtype=getattr(torch, options.precision), seed=ctx.seed)
+    with ctx.progress("layers: per-layer bounds", None):
+        gb = lipschitz_bound(model, probe, opts=rule_opts, allow_unbounded=options.allow_unbounded,
+                             fuse_bn=options.fuse_bn)
+    upper = gb.lipschitz_upper
+    ctx.cache["lipschitz_upper"] = upper
+    rows = [_layer_row(r) for r in gb.layers]
+    not_conv = [r["name"] for r in rows if r.get("converged") is False]
+    if not_conv:
+        ctx.warn(f"layers: power iteration did not reach --tol {options.tol} in {options.iters} iterations for "
+                 f"{', '.join(not_conv)}; their operator_norm is a lower bound")
+    if gb.unbounded:
+        ctx.warn(f"layers: {len(gb.unbounded)} layer(s) have no Lipschitz bound; lipschitz_upper is not reported")
+    for note in gb.notes:
+        ctx.warn(f"layers: {note}")
+
+    section: dict[str, Any] = {
+        "method": gb.method,
+        "layers": rows,
+        "lipschitz_upper": _num(upper) if upper is not None else None,
+        "lipschitz_lower": None,
+        "ratio": None,
+        "lower_source": None,
+        "unbounded": [{"name": u.name, "type": u.type, "reason": u.reason} for u in gb.unbounded],
+        "graph": {"additions": gb.additions, "concats": gb.concats, "fuse_bn": options.fuse_bn},
+        "notes": list(gb.notes),
+        "certified": None,
+        "n": 0,
+    }
+    if ctx.data is not None and len(ctx.data):
+        _data_part(ctx, options, radii, section)
+    return section
+
+
+def _data_part(ctx: "AuditContext", options: Options, radii: list[tuple[str, float]],
+               section: dict[str, Any]) -> None:
+    """Margins, certified radii and the data-driven lower bound, batch by batch."""
+    import torch
+
+    model = ctx.model.module
+    data = ctx.data
+    upper = section["lipschitz_upper"]
+    cached = ctx.cache.get("norms.sigma_max")
+    cached_index = ctx.cache.get("norms.index")
+    sigma_of: dict[int, float] = {}
+    if options.lower and cached is not None:
+        section["lower_source"] = "norms"
+        idx_list = cached_index.tolist() if cached_index is not None else list(range(len(cached)))
+        sigma_of = {int(i): float(s) for i, s in zip(idx_list, cached.tolist())}
+    compute_sigma = options.lower and cached is None
+    if compute_sigma:
+        from robaudit.linalg import sigma_max
+
+        section["lower_source"] = "sigma_max"
+    index_l: list[int] = []
+    label_l: list[int] = []
+    pred_l: list[int] = []
+    margin_l: list[float] = []
+    from robaudit.bounds.graph import preserved
+
+    with preserved(model):
+        model.eval()
+        with ctx.progress("layers: margins" + (" and σ_max" if compute_sigma else ""), len(data)) as task:
+            for idx, x, y in data.batches(ctx.batch_size, device=ctx.device, dtype=ctx.dtype):
+                with torch.no_grad():
+                    logits = model(x).double()
+                top2 = logits.topk(min(2, logits.shape[1]), dim=1).values
+                margin = top2[:, 0] - top2[:, 1] if top2.shape[1] > 1 else torch.full_like(top2[:, 0], math.inf)
+                if compute_sigma:
+                    for i, s in zip(idx.tolist(), sigma_max(model, x).tolist()):
+                        sigma_of[int(i)] = float(s)
+                index_l += [int(i) for i in idx.tolist()]
+                label_l += [int(v) for v in y.tolist()]
+                pred_l += [int(v) for v in logits.argmax(1).tolist()]
+                margin_l += [float(v) for v in margin.tolist()]
+                task.advance(int(x.shape[0]))
+    n = len(index_l)
+    section["n"] = n
+    finite_sigma = [s for s in sigma_of.values() if math.isfinite(s)]
+    if options.lower and finite_sigma:
+        lower = max(finite_sigma)
+        section["lipschitz_lower"] = lower
+        if upper is not None and lower > 0:
+            section["ratio"] = upper / lower
+        if upper is not None and lower > upper * (1 + 1e-6):
+            ctx.warn(f"layers: lipschitz_lower {lower:.6g} exceeds lipschitz_upper {upper:.6g}: "
+                     "a rule is wrong for this model; please report it")
+    correct = [pred_l[i] == label_l[i] for i in range(n)]
+    radius_l: list[float | None] = []
+    if upper is not None and upper > 0:
+        radius_l = [margin_l[i] / (math.sqrt(2.0) * upper) for i in range(n)]
+        acc = {}
+        for text, r in radii:
+            hits = sum(1 for i in range(n) if correct[i] and radius_l[i] >= r and (r > 0 or radius_l[i] > 0))
+            acc[text] = hits / n if n else None
+        finite = sorted(r for r in radius_l if math.isfinite(r))
+        section["certified"] = {
+            "available": True,
+            "radii": [text for text, _ in radii],
+            "accuracy": acc,
+            "clean_accuracy": (sum(correct) / n) if n else None,
+            "radius": {"median": finite[len(finite) // 2] if finite else None,
+                       "max": finite[-1] if finite else None,
+                       "mean": (math.fsum(finite) / len(finite)) if finite else None},
+            "formula": "margin / (√2 · lipschitz_upper)",
+        }
+        ctx.cache["layers.certified_radius"] = torch.tensor(radius_l, dtype=torch.float64)
+        ctx.cache["layers.index"] = torch.tensor(index_l, dtype=torch.long)
+    else:
+        section["certified"] = {"available": False, "radii": [text for text, _ in radii],
+                                "reason": "no valid lipschitz_upper (unbounded layers)",
+                                "clean_accuracy": (sum(correct) / n) if n else None}
+    if options.per_sample:
+        per = []
+        for i in range(n):
+            row = {"index": index_l[i], "label": label_l[i], "pred": pred_l[i], "margin": _num(margin_l[i]),
+                   "certified_radius": _num(radius_l[i]) if radius_l else None}
+            if sigma_of:
+                row["sigma_max"] = _num(sigma_of.get(index_l[i], math.nan))
+            per.append(row)
+        section["per_sample"] = per
+
+
+# ---------------------------------------------------------------------------
+# Rendering (from the JSON section only)
+
+
+def _fmt(value: Any) -> str:
+    from robaudit.report.terminal import fmt
+
+    return fmt(value)
+
+
+def _ratio(row: Mapping[str, Any], key: str) -> str:
+    r = (row.get("ratios") or {}).get(key)
+    return f"{r:.3g}×" if isinstance(r, (int, float)) else ""
+
+
+def render(section: Mapping[str, Any]) -> list:
+    """Layer table, Lipschitz bracket, certified accuracy; every 'upper' column holds only valid bounds."""
+    out: list = []
+    layers = section.get("layers") or []
+    fused = sum(1 for r in layers if r.get("fused"))
+    graph = section.get("graph") or {}
+    how = f"composition over the {'fx graph' if section.get('method') == 'fx' else 'nn.Sequential chain'}"
+    if graph.get("additions"):
+        how += f", {graph['additions']} residual additions"
+    if fused:
+        how += f", {fused} conv→BatchNorm pairs bounded jointly"
+    out.append(Text(f"layers · {len(layers)} layers · {how}", style="bold"))
+    table = Table(caption="operator norm: power iteration on the real layer (a lower bound that converges to the "
+                  "exact value). circular, Singla, Gram: upper bounds, ×ratio to the operator norm. "
+                  "heuristic*: Miyato's reshape norm, NOT a bound. upper: the bound used in the composition.",
+                  caption_justify="left")
+    for col, just in (("layer", "left"), ("type", "left"), ("input", "left"), ("operator norm", "right"),
+                      ("circular", "right"), ("Singla", "right"), ("Gram", "right"), ("heuristic*", "right"),
+                      ("upper", "right")):
+        table.add_column(col, justify=just, no_wrap=True)
+    for row in section.get("layers") or []:
+        shape = "×".join(str(s) for s in row.get("input_shape") or [])
+        op = row.get("operator_norm")
+        op_text = _fmt(op) if op is not None else ""
+        if op is not None and row.get("converged") is False:
+            op_text += " (not converged)"
+
+        def cell(key: str) -> str:
+            v = row.get(key)
+            return "" if v is None else f"{_fmt(v)} {_ratio(row, key)}".strip()
+
+        if row.get("upper") is None:
+            used: Any = Text("unbounded", style="bold red")
+        else:
+            used = _fmt(row["upper"])
+            if row.get("fused"):
+                used += f" (with BN {_fmt(row['fused']['upper'])})"
+            elif row.get("exact") is not None and row.get("kind") != "conv":
+                used += " exact"
+        trivial = row.get("kind") in ("activation", "reshape") and row.get("upper") == 1.0
+        table.add_row(row.get("name", ""), row.get("type", ""), shape, op_text, cell("circular_exact"),
+                      cell("singla_bound"), cell("gram_bound"), cell("heuristic"), used,
+                      style="dim" if trivial else None)
+    out.append(table)
+
+    up, lo = section.get("lipschitz_upper"), section.get("lipschitz_lower")
+    if up is None:
+        out.append(Text("Lipschitz upper bound: not available (unbounded layers below)", style="bold red"))
+    bracket = Text("Lipschitz bracket: ")
+    bracket.append(f"{_fmt(lo) if lo is not None else '–'}", style="bold")
+    bracket.append(" (max σ_max over data)" if lo is not None else " (no data)")
+    bracket.append(" ≤ L ≤ ")
+    bracket.append(_fmt(up), style="bold")
+    bracket.append(" (AutoLip)")
+    if section.get("ratio") is not None:
+        bracket.append(f" · ratio {_fmt(section['ratio'])}")
+    out.append(bracket)
+    for u in section.get("unbounded") or []:
+        out.append(Text(f"unbounded: {u.get('name')} ({u.get('type')}): {u.get('reason')}", style="red"))
+    cert = section.get("certified")
+    if cert and cert.get("available"):
+        ct = Table(title=f"certified ℓ2 accuracy ({cert.get('formula')}), n={section.get('n')}", title_justify="left")
+        ct.add_column("radius")
+        ct.add_column("certified accuracy", justify="right")
+        ct.add_row("0 (clean)", _fmt(cert.get("clean_accuracy")))
+        for text in cert.get("radii") or []:
+            ct.add_row(text, _fmt((cert.get("accuracy") or {}).get(text)))
+        out.append(ct)
+        rad = cert.get("radius") or {}
+        out.append(Text(f"certified radius: median {_fmt(rad.get('median'))}, max {_fmt(rad.get('max'))}", style="dim"))
+    elif cert:
+        out.append(Text(f"certified radii: not available ({cert.get('reason')})", style="yellow"))
+    for note in section.get("notes") or []:
+        out.append(Text(note, style="dim"))
+    return out
+
+
+def metrics(section: Mapping[str, Any]) -> dict[str, float]:
+    """Gate aliases: lipschitz_upper, lipschitz_lower, layers.lipschitz_gap, certified_accuracy@<r>, …"""
+    out: dict[str, Any] = {
+        "lipschitz_upper": section.get("lipschitz_upper"),
+        "lipschitz_lower": section.get("lipschitz_lower"),
+        "layers.lipschitz_gap": section.get("ratio"),
+        "layers.unbounded": float(len(section.get("unbounded") or [])),
+    }
+    rows = [r for r in section.get("layers") or [] if r.get("upper") is not None]
+    if rows:
+        out["layers.max_upper"] = max(float(r["upper"]) for r in rows)
+    cert = section.get("certified") or {}
+    if cert.get("available"):
+        for text, acc in (cert.get("accuracy") or {}).items():
+            out[f"certified_accuracy@{text}"] = acc
+        out["layers.certified_radius.median"] = (cert.get("radius") or {}).get("median")
+    return out
+
+
+ANALYSIS = Analysis(
+    name="layers",
+    help="Per-layer operator norms and bounds (Sedghi, Singla, Gram), global Lipschitz bracket, certified radii.",
+    options=Options,
+    run=run,
+    render=render,
+    metrics=metrics,
+    needs_data=False,
+    profiles={"quick": {"iters": 50, "tol": 1e-5}, "standard": {}, "full": {}},
+)
