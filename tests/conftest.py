@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# With OpenMP's default busy-wait policy, small LAPACK calls slow down 10-100x when the
+# two cores are shared; passive waiting keeps test times stable. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ def _explicit_config(tmp_path, names, overrides):
         values.update(overrides.get(name, {}))
         section[name] = values
     path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump({"limit": 24, "seed": 3, "analyses": section}))
+    path.write_text(yaml.safe_dump({"data": "embedded", "limit": 24, "seed": 3, "analyses": section}))
     return str(path)
 
 

@@ -314,3 +314,33 @@ def test_model_left_as_found_after_success_and_failure(monkeypatch):
     with pytest.raises(NumericalError):
         G.lipschitz_bound(model, torch.rand(2, 3, 16, 16, dtype=F64), opts=FAST)
     assert _state(model) == before
+
+
+# ---------------------------------------------------------------------------
+# ONNX models (onnx2torch ops packaged as modules)
+
+
+def test_onnx_lenet_matches_the_checkpoint_bound():
+    from robaudit.models import load_model
+
+    model = load_model(str(REPO / "sample_models" / "lenet_fmnist.onnx")).module.double()
+    gb = G.lipschitz_bound(model, torch.rand(2, 1, 28, 28, dtype=F64), opts=FAST)
+    ref = G.lipschitz_bound(_lenet(), torch.rand(2, 1, 28, 28, dtype=F64), opts=FAST)
+    assert gb.lipschitz_upper == pytest.approx(ref.lipschitz_upper, rel=1e-5)  # float32 export of the same weights
+    assert float(sigma_max(model, fmnist(50)).max()) <= gb.lipschitz_upper
+
+
+def test_onnx_mnist8_bound_dominates_jacobians():
+    path = SHARED / "onnx" / "mnist-8-opt.onnx"
+    images = SHARED / "mnist" / "t10k-images-idx3-ubyte.gz"
+    if not path.exists() or not images.exists():
+        pytest.skip(f"shared asset not present: {path}")
+    from robaudit.data.idx import read_idx
+    from robaudit.models import load_model
+
+    model = load_model(str(path)).module.double()
+    gb = G.lipschitz_bound(model, torch.rand(2, 1, 28, 28, dtype=F64), opts=FAST)
+    assert [r.type for r in gb.layers if r.bound.kind == "linear"] == ["OnnxGemm"]
+    real = torch.from_numpy(read_idx(images)[:100].copy()).to(F64).div(255).unsqueeze(1)
+    sig = torch.cat([sigma_max(model, real), sigma_max(model, torch.rand(100, 1, 28, 28, dtype=F64))])
+    assert float(sig.max()) <= gb.lipschitz_upper

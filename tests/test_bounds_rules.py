@@ -300,3 +300,24 @@ def test_linear_rule_exact_and_power():
     assert b.exact == b.upper == pytest.approx(exact, rel=1e-12)
     assert b.info["operator_norm"] == pytest.approx(exact, rel=1e-8)
     assert jac_sigma(lin, torch.rand(9, dtype=F64)) == pytest.approx(exact, rel=1e-12)
+
+
+def test_small_layers_run_single_threaded_and_restore_the_thread_count(monkeypatch):
+    seen = []
+
+    def probe(module, in_shape, out_shape, opts):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("injected")
+
+    monkeypatch.setitem(R.RULES, _Custom, probe)
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            R.bound_module(_Custom(), (3, 4, 4), (3, 4, 4))
+        assert seen == [1] and torch.get_num_threads() == 2
+        big = (R.SMALL_LAYER,)
+        with pytest.raises(RuntimeError):
+            R.bound_module(_Custom(), big, big)
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)

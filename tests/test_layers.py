@@ -152,7 +152,7 @@ def test_lower_bound_reuses_norms_cache(lenet):
     ctx.cache["norms.sigma_max"] = torch.tensor([1.0, 7.5, 2.0], dtype=F64)
     ctx.cache["norms.index"] = torch.tensor([100, 101, 102])
     sec = layers.run(ctx, _opts(iters=0))
-    assert sec["lower_source"] == "norms" and sec["lipschitz_lower"] == 7.5
+    assert sec["lipschitz_lower"] == 7.5  # taken from the cache, not recomputed
     assert sec["per_sample"][1]["sigma_max"] == 7.5 and sec["per_sample"][5]["sigma_max"] is None
 
 
@@ -263,3 +263,11 @@ def test_cli_layers_json(tmp_path, capsys):
 
 def test_cli_bad_radii_exit_2(capsys):
     assert cli("layers", "--limit", "4", "--radii", "x", "--quiet") == 2
+
+
+def test_metric_patterns_cover_every_alias(section):
+    import re
+
+    aliases = layers.metrics(section[0])
+    for alias in aliases:
+        assert any(re.fullmatch(p, alias) for p in layers.ANALYSIS.metric_patterns), alias

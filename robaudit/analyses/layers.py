@@ -39,7 +39,7 @@ class Options:
     iters: int = opt(100, "Power-iteration cap per conv/linear layer for operator_norm (0 skips it).", min=0)
     tol: float = opt(1e-6, "Relative tolerance of the per-layer power iteration.", min=0.0)
     gram_iters: int = opt(12, "Maximum Gram-iteration squarings per conv layer.", min=0)
-    gram_tol: float = opt(5e-3, "Stop the Gram iteration once the bound is within this factor of its lower bound.",
+    gram_tol: float = opt(5e-3, "Stop the Gram iteration once bound / lower bound − 1 is below this.",
                           min=0.0)
     fuse_bn: bool = opt(True, "Bound each conv→BatchNorm pair as one linear map (tighter, still valid).")
     allow_unbounded: bool = opt(False, "Report layers without a rule as unbounded (no lipschitz_upper) "
@@ -115,8 +115,12 @@ def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
         probe = ctx.data.images(slice(0, PROBE_BATCH), device=ctx.device, dtype=ctx.dtype)
     else:
         probe = torch.rand((PROBE_BATCH, *ctx.model.input_shape), device=ctx.device, dtype=ctx.dtype)
+    precision = options.precision
+    if precision == "float64" and getattr(ctx.device, "type", str(ctx.device)) == "mps":
+        ctx.warn("layers: MPS has no float64; bounds are computed in float32 (with float32 rounding margins)")
+        precision = "float32"
     rule_opts = RuleOptions(iters=options.iters, tol=options.tol, gram_iters=options.gram_iters,
-                            gram_tol=options.gram_tol, dtype=getattr(torch, options.precision), seed=ctx.seed)
+                            gram_tol=options.gram_tol, dtype=getattr(torch, precision), seed=ctx.seed)
     with ctx.progress("layers: per-layer bounds", None):
         gb = lipschitz_bound(model, probe, opts=rule_opts, allow_unbounded=options.allow_unbounded,
                              fuse_bn=options.fuse_bn)
@@ -138,7 +142,6 @@ def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
         "lipschitz_upper": _num(upper) if upper is not None else None,
         "lipschitz_lower": None,
         "ratio": None,
-        "lower_source": None,
         "unbounded": [{"name": u.name, "type": u.type, "reason": u.reason} for u in gb.unbounded],
         "graph": {"additions": gb.additions, "concats": gb.concats, "fuse_bn": options.fuse_bn},
         "notes": list(gb.notes),
@@ -161,15 +164,13 @@ def _data_part(ctx: "AuditContext", options: Options, radii: list[tuple[str, flo
     cached = ctx.cache.get("norms.sigma_max")
     cached_index = ctx.cache.get("norms.index")
     sigma_of: dict[int, float] = {}
-    if options.lower and cached is not None:
-        section["lower_source"] = "norms"
+    if options.lower and cached is not None:  # the norms analysis ran on this data: same σ_max, reuse it
         idx_list = cached_index.tolist() if cached_index is not None else list(range(len(cached)))
         sigma_of = {int(i): float(s) for i, s in zip(idx_list, cached.tolist())}
     compute_sigma = options.lower and cached is None
     if compute_sigma:
         from robaudit.linalg import sigma_max
 
-        section["lower_source"] = "sigma_max"
     index_l: list[int] = []
     label_l: list[int] = []
     pred_l: list[int] = []
@@ -359,4 +360,6 @@ ANALYSIS = Analysis(
     metrics=metrics,
     needs_data=False,
     profiles={"quick": {"iters": 50, "tol": 1e-5}, "standard": {}, "full": {}},
+    metric_patterns=(r"lipschitz_upper", r"lipschitz_lower", r"layers\.lipschitz_gap", r"certified_accuracy@.+",
+                     r"layers\.unbounded", r"layers\.max_upper", r"layers\.certified_radius\.median"),
 )

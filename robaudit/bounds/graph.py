@@ -105,7 +105,7 @@ class _Tracer(fx.Tracer):
             return True
         if isinstance(m, nn.Sequential):
             return False
-        return R.has_rule(m) or super().is_leaf_module(m, module_qualified_name)
+        return R.has_rule(m) or type(m) in MODULE_OPS or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         name = self.path_of_module(m)
@@ -312,6 +312,8 @@ class _Composer:
 
     def module_lip(self, node: fx.Node) -> float:
         module = self.model.get_submodule(node.target)
+        if type(module) in MODULE_OPS:  # ops packaged as modules (onnx2torch): handled like functions
+            return MODULE_OPS[type(module)](self, node, module)
         calls = self.module_shapes.get(node.target) or []
         k = sum(1 for r in self.layers if r.name.split("#")[0] == node.target)
         in_shape, out_shape = calls[k] if k < len(calls) else (self.shape(node.args[0]), self.shape(node))
@@ -363,12 +365,13 @@ class _Composer:
         w = prev.weight.detach().to(self.opts.dtype)
         s = scale.to(w)
         w = w * s.reshape(-1, *([1] * (w.dim() - 1)))
-        if isinstance(prev, nn.Linear):
-            pair = linear_norm(w)
-        else:
-            geom = ConvGeometry.of(prev, record.input_shape)
-            ub = conv_upper_bounds(w, geom, gram_iters=self.opts.gram_iters, gram_tol=self.opts.gram_tol)
-            pair = _conv_upper(ub)
+        with R.threads_for(math.prod(record.input_shape) + math.prod(record.output_shape)):
+            if isinstance(prev, nn.Linear):
+                pair = linear_norm(w)
+            else:
+                geom = ConvGeometry.of(prev, record.input_shape)
+                ub = conv_upper_bounds(w, geom, gram_iters=self.opts.gram_iters, gram_tol=self.opts.gram_tol)
+                pair = _conv_upper(ub)
         separate = record.bound.upper * float(scale.abs().max())
         pair = min(pair, separate)
         record.fused = {"with": self.layer_of[node].name, "upper": pair, "separate": separate}
@@ -376,6 +379,10 @@ class _Composer:
         return pair * self.L[inner]
 
     def function_lip(self, node: fx.Node) -> float:
+        with R.threads_for(_numel(self.shape(node)) if isinstance(self.values.get(node), Tensor) else 0):
+            return self._function_lip(node)
+
+    def _function_lip(self, node: fx.Node) -> float:
         t = node.target
         if t in _ACT_FUNCS:
             return _ACT_FUNCS[t](node) * self.L[self.single(node)]
@@ -526,6 +533,90 @@ class _Composer:
         cip = bool(_kw(node, 5, "count_include_pad", True))
         div = _kw(node, 6, "divisor_override", None) if d == 2 else None
         return R.avg_pool_constant(ins, k, s, p, ceil, cip, div) * self.L[src]
+
+
+# ---------------------------------------------------------------------------
+# Ops packaged as modules (onnx2torch): they take several inputs, so they are handled with the
+# graph node, like functions. Registered only when onnx2torch is installed.
+
+MODULE_OPS: dict[type, Callable[["_Composer", fx.Node, nn.Module], float]] = {}
+
+
+def _onnx_binary(comp: "_Composer", node: fx.Node, module: nn.Module) -> float:
+    fn = module.math_op_function
+    if fn in (torch.add, torch.sub):
+        return comp._add_lip(node)
+    return comp._scale_lip(node, divide=fn is not torch.mul)
+
+
+def _onnx_isometry(comp: "_Composer", node: fx.Node, module: nn.Module) -> float:
+    return comp.L[comp.single(node)]  # reshape / transpose / squeeze …: the other inputs are constant shapes
+
+
+def _onnx_gemm(comp: "_Composer", node: fx.Node, module: nn.Module) -> float:
+    a, b = node.args[0], node.args[1]
+    c = node.args[2] if len(node.args) > 2 else None
+    if module.trans_a or _is_dyn(comp, b) or not _is_dyn(comp, a):
+        raise _Unsupported("Gemm needs an untransposed input A and a constant B")
+    w = comp.const_value(b).detach().to(comp.opts.dtype)
+    norm = abs(float(module.alpha)) * linear_norm(w)
+    record = LayerRecord(str(node.target), "OnnxGemm", comp.shape(a), comp.shape(node),
+                         R.LayerBound(upper=norm, exact=norm, kind="linear", method="|α|·‖B‖₂"))
+    comp.layers.append(record)
+    comp.layer_of[node] = record
+    return norm * comp.L[a] + (abs(float(module.beta)) * comp.lip(c) if c is not None else 0.0)
+
+
+def _onnx_matmul(comp: "_Composer", node: fx.Node, module: nn.Module) -> float:
+    return comp._matmul_lip(node)
+
+
+def _onnx_concat(comp: "_Composer", node: fx.Node, module: nn.Module) -> float:
+    comp.concats += 1
+    return comp.lip(tuple(node.args))
+
+
+def _onnx_global_avg(comp: "_Composer", node: fx.Node, module: nn.Module) -> float:
+    src = comp.single(node)
+    return comp.L[src] / math.sqrt(_numel(comp.shape(src)[1:]))
+
+
+def _onnx_softmax(comp: "_Composer", node: fx.Node, module: nn.Module) -> float:
+    src = comp.single(node)
+    if not module.is_log:
+        return 0.5 * comp.L[src]
+    return math.sqrt(_numel(comp.shape(src)[module.axis - 1:])) * comp.L[src]
+
+
+def _onnx_pad(comp: "_Composer", node: fx.Node, module: nn.Module) -> float:
+    src = comp.single(node)
+    value = R.pad_constant(comp.shape(src), lambda x: F.pad(x, list(module.pads), mode=module.mode)).upper
+    return value * comp.L[src]
+
+
+def _register_onnx_ops() -> None:
+    try:
+        from onnx2torch.node_converters import (binary_math_operations, clip, concat, flatten, gemm,
+                                                global_average_pool, identity, matmul, neg, pad, reshape, squeeze,
+                                                transpose, unsqueeze)
+        from onnx2torch.node_converters.activations import OnnxSoftmaxV1V11
+    except Exception:  # onnx2torch missing or a different version: those modules then need rules
+        return
+    MODULE_OPS[binary_math_operations.OnnxBinaryMathOperation] = _onnx_binary
+    for cls in (reshape.OnnxReshape, flatten.OnnxFlatten, transpose.OnnxTranspose, squeeze.OnnxSqueezeStaticAxes,
+                squeeze.OnnxSqueezeDynamicAxes, unsqueeze.OnnxUnsqueezeStaticAxes,
+                unsqueeze.OnnxUnsqueezeDynamicAxes, identity.OnnxCopyIdentity, neg.OnnxNeg, clip.OnnxClip):
+        MODULE_OPS[cls] = _onnx_isometry  # Neg and Clip are 1-Lipschitz too
+    MODULE_OPS[gemm.OnnxGemm] = _onnx_gemm
+    MODULE_OPS[matmul.OnnxMatMul] = _onnx_matmul
+    MODULE_OPS[concat.OnnxConcat] = _onnx_concat
+    MODULE_OPS[global_average_pool.OnnxGlobalAveragePool] = _onnx_global_avg
+    MODULE_OPS[global_average_pool.OnnxGlobalAveragePoolWithKnownInputShape] = _onnx_global_avg
+    MODULE_OPS[OnnxSoftmaxV1V11] = _onnx_softmax
+    MODULE_OPS[pad.OnnxPadStatic] = _onnx_pad
+
+
+_register_onnx_ops()
 
 
 def _conv_upper(ub: dict[str, Any]) -> float:

@@ -24,9 +24,10 @@ Constants (all global Lipschitz constants w.r.t. ℓ2, sup of the Jacobian norm)
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -393,6 +394,24 @@ def has_rule(module: nn.Module) -> bool:
     return _rule_type(module, RULES) is not None or _rule_type(module, UNBOUNDED) is not None
 
 
+SMALL_LAYER = 1 << 17  # input + output elements below which a rule runs on one thread
+
+
+@contextlib.contextmanager
+def threads_for(size: int) -> Iterator[None]:
+    """One thread for small layers: their tiny LAPACK/BLAS calls gain nothing from threads, and on a
+    loaded shared CPU spinning OpenMP workers make them 10-100× slower. Restored on exit."""
+    threads = torch.get_num_threads()
+    if size >= SMALL_LAYER or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def bound_module(module: nn.Module, in_shape: Sequence[int], out_shape: Sequence[int],
                  opts: RuleOptions | None = None) -> LayerBound:
     """Apply the rule for ``module`` on one sample's input/output shapes (no batch dimension).
@@ -402,7 +421,8 @@ def bound_module(module: nn.Module, in_shape: Sequence[int], out_shape: Sequence
     opts = opts or RuleOptions()
     t = _rule_type(module, RULES)
     if t is not None:
-        return RULES[t](module, tuple(in_shape), tuple(out_shape), opts)
+        with threads_for(math.prod(in_shape) + math.prod(out_shape)):
+            return RULES[t](module, tuple(in_shape), tuple(out_shape), opts)
     t = _rule_type(module, UNBOUNDED)
     if t is not None:
         return unbounded(UNBOUNDED[t])
@@ -411,4 +431,5 @@ def bound_module(module: nn.Module, in_shape: Sequence[int], out_shape: Sequence
 
 __all__ = ["RuleOptions", "LayerBound", "RULES", "UNBOUNDED", "ACTIVATIONS", "register", "has_rule",
            "bound_module", "batchnorm_scale", "max_pool_constant", "avg_pool_constant",
-           "adaptive_avg_pool_constant", "adaptive_max_pool_constant", "window_counts", "pad_constant"]
+           "adaptive_avg_pool_constant", "adaptive_max_pool_constant", "window_counts", "pad_constant",
+           "threads_for"]

@@ -59,6 +59,9 @@ def _debug_requested(argv: Sequence[str]) -> bool:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: run the app and exit with the right code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # OpenMP's busy-wait policy makes small LAPACK calls 10-100x slower on shared cores;
+    # must be set before torch is imported (the user's own setting wins).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     sys.exit(run(argv))
 
 

@@ -47,7 +47,11 @@ def analysis_parameters(analysis: Analysis) -> list[inspect.Parameter]:
         if kind is not bool and f.default not in (None, ""):
             text += f" [default: {f.default}]"
         text = escape(text)  # help is rendered as Rich markup: keep [..] literal
-        option = typer.Option(*names, help=text, rich_help_panel=f"{analysis.name} options")
+        if kind is bool and f.default is True:
+            text += " [default: on]"
+            text = escape(text)
+        # Typer's own default display would show the parameter's sentinel, not the option's default.
+        option = typer.Option(*names, help=text, show_default=False, rich_help_panel=f"{analysis.name} options")
         typ = bool if kind is bool else Optional[kind]
         params.append(inspect.Parameter(OPT_PREFIX + f.name, inspect.Parameter.KEYWORD_ONLY,
                                         default=False if kind is bool else None,
