@@ -186,6 +186,11 @@ def _apgdt(model, p: AttackParams):
 
 
 def _fab(model, p: AttackParams):
+    import torch
+
+    if any(t.dtype == torch.float64 for t in model.parameters()):
+        # FAB casts inputs to float32 inside torchattacks and then mixes dtypes.
+        raise TypeError("FAB in torchattacks computes in float32 only; run it with --dtype float32")
     return _ta().FAB(model, norm=p.norm.torchattacks, eps=p.eps, steps=p.steps, n_restarts=p.restarts,
                      seed=p.seed, verbose=False, multi_targeted=p.targeted, n_classes=p.n_classes)
 

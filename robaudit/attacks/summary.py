@@ -186,10 +186,10 @@ def sanity(runs: list[Ran], plan: AttackPlan, clean: CleanPass, rows: list[dict[
                          f"{clean_count / n:.4f}): predictions change under perturbations <= 1e-6 "
                          f"(non-deterministic or numerically unstable model)")
     # 4. Gradient masking: zero or NaN input gradients on many samples.
-    zero, nan = int(clean.zero_grad.sum()), int(clean.nan_grad.sum())
-    if n and (zero + nan) / n >= MASKED_GRAD_FRACTION:
-        flags.append(f"input gradients are zero on {zero} and NaN/Inf on {nan} of {n} samples: possible gradient "
-                     f"masking (gradient attacks may overstate robustness; compare with --square)")
+    zero, nan, checked = int(clean.zero_grad.sum()), int(clean.nan_grad.sum()), len(clean.zero_grad)
+    if checked and (zero + nan) / checked >= MASKED_GRAD_FRACTION:
+        flags.append(f"input gradients are zero on {zero} and NaN/Inf on {nan} of {checked} checked samples: possible "
+                     f"gradient masking (gradient attacks may overstate robustness; compare with --square)")
     # 5. The library returned examples that failed the re-check.
     for ran in runs:
         if ran.outcome.violations:
@@ -204,5 +204,5 @@ def sanity(runs: list[Ran], plan: AttackPlan, clean: CleanPass, rows: list[dict[
     for r in rows:
         if r["status"] == "failed" and (r["attack"], r["reason"]) not in seen:
             seen.add((r["attack"], r["reason"]))
-            flags.append(f"{r['attack']} failed inside torchattacks ({r['reason']}); the other attacks still ran")
+            flags.append(f"{r['attack']} failed ({r['reason']}); the other attacks still ran")
     return flags
