@@ -23,8 +23,8 @@ def _explicit_config(tmp_path, names, overrides):
     section = {}
     for name in names:
         fields = analyses.get(name).option_fields()
+        # None is written too (YAML null), so profile overrides cannot leak into the audit run.
         values = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
-        values = {k: v for k, v in values.items() if v is not None}
         values.update(overrides.get(name, {}))
         section[name] = values
     path = tmp_path / "cfg.yaml"
