@@ -16,6 +16,18 @@ SHARED_ASSETS = REPO.parent / "shared" / "assets"
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # Results do not depend on the thread count, but tiny per-sample ops (DeepFool, small LAPACK
+    # calls) slow down 10-100x when intra-op threads compete on a shared 2-core runner.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _pinned_width(monkeypatch):
     # Rich wraps to the terminal; pin it so outputs compare byte for byte.

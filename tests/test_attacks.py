@@ -29,15 +29,6 @@ from robaudit.models.adapt import adapt
 N = 128
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny per-sample ops (DeepFool, CW on small batches) slow down badly when intra-op threads
-    # compete with other processes on a shared 2-core runner; results do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def sample():

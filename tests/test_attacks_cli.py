@@ -9,16 +9,6 @@ import pytest
 from conftest import cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # see tests/test_attacks.py: intra-op threads crawl on a shared, loaded 2-core runner
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def run_json(capsys, *args):
     code = cli("attack", "--quiet", "--json", *args)

@@ -19,14 +19,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small LAPACK calls are 10-100× slower with 2 OpenMP threads on a loaded shared machine; restore after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def dense_sigma(module: nn.Module, shape: tuple[int, ...]) -> float:
     """σ_max of the bias-free layer on one sample of ``shape``: unrolled by autograd, then SVD."""
     w = module.weight.detach().double()

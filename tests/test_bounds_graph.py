@@ -24,14 +24,6 @@ FAST = RuleOptions(iters=0)  # the composition only needs upper bounds
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small LAPACK calls are 10-100× slower with 2 OpenMP threads on a loaded shared machine; restore after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def sigma_max(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Per-sample σ_max of the Jacobian, dense (vmap of jacrev, then SVD); independent of robaudit.linalg."""
     def one(v: torch.Tensor) -> torch.Tensor:

@@ -17,14 +17,6 @@ F64 = torch.float64
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small LAPACK calls are 10-100× slower with 2 OpenMP threads on a loaded shared machine; restore after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def jac_sigma(module: nn.Module, x: torch.Tensor) -> float:
     """σ_max of the Jacobian of ``module`` at one sample ``x`` (no batch dim), dense."""
     jac = torch.autograd.functional.jacobian(lambda v: module(v.unsqueeze(0)).squeeze(0), x)

@@ -24,14 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small LAPACK calls are 10-100× slower with 2 OpenMP threads on a loaded shared machine; restore after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def dense_sigma(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Per-sample σ_max of the Jacobian by vmap(jacrev) + SVD (independent of robaudit.linalg)."""
     jac = torch.func.vmap(torch.func.jacrev(lambda v: model(v.unsqueeze(0)).squeeze(0)))(x)

@@ -21,13 +21,6 @@ from robaudit.models.summary import summarize
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Deprecation notices from torch's own exporters/savers (still what users' files come from).
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.save` is deprecated:FutureWarning"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning"),
-]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = (0.25,), (0.5,)
 

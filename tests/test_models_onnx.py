@@ -18,13 +18,6 @@ from robaudit.models.onnx import PerSample, load_onnx, same_pads  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Deprecation notices from torch's own exporters/savers (still what users' files come from).
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.save` is deprecated:FutureWarning"),
-    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning"),
-]
 SHARED = REPO.parent / "shared" / "assets"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
