@@ -145,3 +145,39 @@ def test_example_config_is_valid_and_gate_metrics_exist(tmp_path, capsys):
     code = cli("audit", "--config", str(example), "--limit", "16", "--quiet", "-o", str(out))
     assert code in (0, 1)   # the thresholds decide; a crash or an unknown metric would be 2/3
     assert json.loads(out.read_text())["gate"]["checks"]
+
+
+def test_compare_real_reports_and_fail_on_regression(tmp_path, capsys):
+    a = tmp_path / "a.json"
+    assert cli("attack", "--fgsm", "--eps", "8/255", "--limit", "32", "--quiet", "-o", str(a)) == 0
+    report = json.loads(a.read_text())
+    key = "attacks.fgsm@8/255.robust_accuracy"
+    from robaudit.gate import metrics_of
+
+    base = metrics_of(report)[key]
+    assert 0 < base < 1
+    # B: the same model got 10 % less robust (relative), as a regressed release would.
+    worse = json.loads(a.read_text())
+    for row in worse["analyses"]["attacks"]["results"]:
+        row["robust_accuracy"] = row["robust_accuracy"] * 0.9
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(worse))
+    capsys.readouterr()
+    assert cli("compare", str(a), str(b), "--json") == 0          # no threshold: report only
+    rows = {r["metric"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows[key]["relative_pct"] == pytest.approx(-10.0, abs=1e-9)
+    assert rows[key]["delta"] == pytest.approx(-0.1 * base, rel=1e-12)
+    assert cli("compare", str(a), str(b), "--fail-on-regression", "5") == 1
+    assert "REGRESSION" in capsys.readouterr().out
+    assert cli("compare", str(a), str(b), "--fail-on-regression", "10.5") == 0
+    assert cli("compare", str(b), str(a), "--fail-on-regression", "5") == 0   # an improvement is no regression
+
+
+def test_plots_dir_collects_pngs(tmp_path, capsys):
+    plots = tmp_path / "plots"
+    code = cli("audit", "--profile", "quick", "--limit", "16", "--quiet", "--plots", str(plots))
+    assert code == 0
+    pngs = sorted(p.name for p in plots.iterdir())
+    assert pngs and all(name.endswith(".png") for name in pngs)
+    for p in plots.iterdir():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
