@@ -89,7 +89,11 @@ def render_info(summary: dict[str, Any]) -> list:
     grid.add_row("input", "×".join(str(s) for s in model.get("input_shape") or []) + " (pixels in [0,1])")
     norm = "none" if not model.get("mean") else f"mean {model['mean']}, std {model['std']}"
     grid.add_row("normalisation", norm)
-    grid.add_row("parameters", f"{model.get('parameters'):,}")
+    params = f"{model.get('parameters'):,}"
+    if model.get("buffers"):
+        # onnx2torch keeps some weights (e.g. Gemm/MatMul initialisers) as buffers.
+        params += f" (+ {model['buffers']:,} values in buffers)"
+    grid.add_row("parameters", params)
     if model.get("dataset"):
         grid.add_row("dataset", str(model["dataset"]))
     if model.get("sha256"):
