@@ -126,6 +126,10 @@ def test_unknown_analysis_or_metric_in_config_fails_before_computation(tmp_path,
     bad_option.write_text("analyses:\n  norms: {methd: exact}\n")
     assert cli("audit", "--config", str(bad_option)) == 2
     assert "did you mean 'method'" in capsys.readouterr().err
+    bad_attack = tmp_path / "d.yaml"
+    bad_attack.write_text("analyses:\n  norms: {}\n  attacks: {pgd: true, eps: '2'}\n")
+    assert cli("audit", "--config", str(bad_attack)) == 2
+    assert "--allow-large-eps" in capsys.readouterr().err
     bad_metric = tmp_path / "c.yaml"
     bad_metric.write_text("analyses:\n  norms: {}\ngate:\n  fail_above: {norms.spectral.p59: 1}\n")
     assert cli("audit", "--config", str(bad_metric)) == 2

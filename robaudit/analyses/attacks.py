@@ -361,7 +361,17 @@ def plot(section: Mapping[str, Any], path: str) -> None:
         plt.close(fig)
 
 
+def check(options: Options) -> None:
+    """Reject invalid flag combinations before any analysis runs (the model's class count is checked in run)."""
+    import sys
+
+    from robaudit.attacks.plan import make_plan
+
+    make_plan(options, sys.maxsize)
+
+
 ANALYSIS = Analysis(
+    check=check,
     name="attacks",
     command="attack",
     help="Attack battery (torchattacks): robust accuracy per attack and eps, worst case, re-checked examples.",

@@ -71,6 +71,8 @@ class Analysis:
         metric_patterns: regular expressions (full match) of the aliases
             ``metrics`` can return, so the gate can reject an unknown metric
             before any computation. Empty: any ``<name>.…`` alias is accepted.
+        check: optional ``check(options)`` raising UsageError for option
+            combinations that are invalid whatever the model (run before any work).
     """
 
     name: str
@@ -84,6 +86,7 @@ class Analysis:
     command: str | None = None
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     metric_patterns: tuple[str, ...] = ()
+    check: Callable[[Any], None] | None = None
 
     @property
     def command_name(self) -> str:
@@ -97,4 +100,7 @@ class Analysis:
         """Build validated options from a mapping of field names (unknown keys → ConfigError)."""
         from robaudit.config import validate_options
 
-        return validate_options(self, dict(values or {}))
+        options = validate_options(self, dict(values or {}))
+        if self.check is not None:
+            self.check(options)
+        return options
