@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from robaudit.analyses.base import Analysis
 from robaudit.context import AuditContext, null_progress
-from robaudit.errors import DataError, RobauditError
+from robaudit.errors import DataError
 from robaudit.settings import Settings
 
 
@@ -36,7 +36,7 @@ def load_model_for(settings: Settings, device: Any):
                       unsafe_load=settings.unsafe_load, device=device)
 
 
-def load_data_for(settings: Settings, model, *, needed: bool, warn: Callable[[str], None]):
+def load_data_for(settings: Settings, model, *, needed: bool):
     """The run's dataset, or None when no analysis needs it and none was asked for.
 
     Without --data, the embedded Fashion-MNIST sample is used when its shape
@@ -69,7 +69,7 @@ def build_context(settings: Settings, plan: Plan, *, progress=null_progress,
     model = load_model_for(settings, device)
     if dtype == torch.float64:
         model.module.double()
-    data = load_data_for(settings, model, needed=plan.needs_data, warn=warn)
+    data = load_data_for(settings, model, needed=plan.needs_data)
     return AuditContext(model=model, data=data, device=device, dtype=dtype, seed=settings.seed,
                         batch_size=settings.batch_size, progress=progress, warn=warn)
 
@@ -111,4 +111,4 @@ def sha256_of(path: str | None) -> str | None:
     return h.hexdigest()
 
 
-__all__ = ["Plan", "build_context", "run_plan", "load_model_for", "load_data_for", "RobauditError"]
+__all__ = ["Plan", "build_context", "run_plan", "load_model_for", "load_data_for"]

@@ -118,23 +118,17 @@ def test_unknown_analysis_or_metric_in_config_fails_before_computation(tmp_path,
         raise AssertionError("computation started")
 
     monkeypatch.setattr(engine, "build_context", no_work)
-    bad_analysis = tmp_path / "a.yaml"
-    bad_analysis.write_text("analyses:\n  nroms: {}\n")
-    assert cli("audit", "--config", str(bad_analysis)) == 2
-    assert "did you mean 'norms'" in capsys.readouterr().err
-    bad_option = tmp_path / "b.yaml"
-    bad_option.write_text("analyses:\n  norms: {methd: exact}\n")
-    assert cli("audit", "--config", str(bad_option)) == 2
-    assert "did you mean 'method'" in capsys.readouterr().err
-    bad_attack = tmp_path / "d.yaml"
-    bad_attack.write_text("analyses:\n  norms: {}\n  attacks: {pgd: true, eps: '2'}\n")
-    assert cli("audit", "--config", str(bad_attack)) == 2
-    assert "--allow-large-eps" in capsys.readouterr().err
-    bad_metric = tmp_path / "c.yaml"
-    bad_metric.write_text("analyses:\n  norms: {}\ngate:\n  fail_above: {norms.spectral.p59: 1}\n")
-    assert cli("audit", "--config", str(bad_metric)) == 2
-    assert "norms.spectral.p59" in capsys.readouterr().err
-
+    cases = [
+        ("analyses:\n  nroms: {}\n", "did you mean 'norms'"),
+        ("analyses:\n  norms: {methd: exact}\n", "did you mean 'method'"),
+        ("analyses:\n  norms: {}\n  attacks: {pgd: true, eps: '2'}\n", "--allow-large-eps"),
+        ("analyses:\n  norms: {}\ngate:\n  fail_above: {norms.spectral.p59: 1}\n", "norms.spectral.p59"),
+    ]
+    for i, (text, message) in enumerate(cases):
+        config = tmp_path / f"{i}.yaml"
+        config.write_text(text)
+        assert cli("audit", "--config", str(config)) == 2
+        assert message in capsys.readouterr().err
 
 def test_example_config_is_valid_and_gate_metrics_exist(tmp_path, capsys):
     from robaudit.config import load_config

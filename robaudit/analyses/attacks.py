@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from robaudit.analyses.base import Analysis, opt
+from robaudit.report.terminal import fmt
 
 if TYPE_CHECKING:  # pragma: no cover
     from robaudit.context import AuditContext
@@ -203,11 +204,6 @@ def per_sample(plan, clean, runs, noise_outcomes, worst, data) -> list[dict[str,
 
 # ---------------------------------------------------------------- rendering (JSON only)
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    from robaudit.report.terminal import fmt
-
-    return fmt(value, digits)
-
 
 def _pct(value: Any) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
@@ -232,9 +228,9 @@ def render(section: Mapping[str, Any]) -> list:
         table.add_column(col, justify=justify, no_wrap=col == "attack")
     for r in rows:
         name = r["attack"] + (" (T)" if r.get("targeted") else "")
-        cells = [name, r.get("eps_label") or _fmt(r.get("eps")), _fmt(r.get("steps")),
-                 _pct(r.get("robust_accuracy")), _pct(r.get("success_rate")), _fmt(r.get("mean_linf"), 3),
-                 _fmt(r.get("mean_l2"), 3), f"{r['seconds']:.1f}" + ("*" if r.get("shared_run") else ""),
+        cells = [name, r.get("eps_label") or fmt(r.get("eps")), fmt(r.get("steps")),
+                 _pct(r.get("robust_accuracy")), _pct(r.get("success_rate")), fmt(r.get("mean_linf"), 3),
+                 fmt(r.get("mean_l2"), 3), f"{r['seconds']:.1f}" + ("*" if r.get("shared_run") else ""),
                  Text(str(r.get("violations", 0)), style="bold red" if r.get("violations") else "")]
         if failed:  # the reason is listed under the table (sanity)
             cells.append(Text("ok", style="green") if r.get("status") == "ok" else Text("failed", style="bold red"))
@@ -255,8 +251,8 @@ def render(section: Mapping[str, Any]) -> list:
         for col in ("attack", "searched", "success", "median ℓ2", "mean ℓ2", "median ℓ∞", "mean ℓ∞"):
             dt.add_column(col, justify="left" if col in ("attack", "searched") else "right")
         for name, d in distances.items():
-            dt.add_row(name, d.get("searched_norm", ""), _pct(d.get("success_rate")), _fmt(d.get("median_l2")),
-                       _fmt(d.get("mean_l2")), _fmt(d.get("median_linf")), _fmt(d.get("mean_linf")))
+            dt.add_row(name, d.get("searched_norm", ""), _pct(d.get("success_rate")), fmt(d.get("median_l2")),
+                       fmt(d.get("mean_l2")), fmt(d.get("median_linf")), fmt(d.get("mean_linf")))
         out.append(dt)
     noise = section.get("noise") or []
     if noise:
@@ -265,7 +261,7 @@ def render(section: Mapping[str, Any]) -> list:
         for col in ("sigma", "accuracy", "mean ℓ2", "mean ℓ∞", "time s"):
             nt.add_column(col, justify="right")
         for r in noise:
-            nt.add_row(r["sigma_label"], _pct(r["accuracy"]), _fmt(r["mean_l2"]), _fmt(r["mean_linf"]),
+            nt.add_row(r["sigma_label"], _pct(r["accuracy"]), fmt(r["mean_l2"]), fmt(r["mean_linf"]),
                        f"{r['seconds']:.2f}")
         out.append(nt)
     if section.get("complete") is False:

@@ -17,11 +17,20 @@ numerical engine inside ``run``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from robaudit.context import AuditContext
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``float(value)``, or None for None/NaN/Inf (JSON has no NaN; the gate treats None as failing)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def opt(

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 from rich.table import Table
 from rich.text import Text
 
-from robaudit.analyses.base import Analysis, opt
+from robaudit.analyses.base import Analysis, finite_or_none, opt
 from robaudit.errors import UsageError
+from robaudit.report.terminal import fmt
 
 if TYPE_CHECKING:  # pragma: no cover
     from robaudit.context import AuditContext
@@ -71,9 +72,6 @@ def parse_radii(text: str) -> list[tuple[str, float]]:
         raise UsageError(f"--radii: expected at least one radius, got {text!r}")
     return out
 
-
-def _num(v: Any) -> float | None:
-    return float(v) if v is not None and math.isfinite(float(v)) else None
 
 
 def _layer_row(rec: Any) -> dict[str, Any]:
@@ -139,7 +137,7 @@ def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
     section: dict[str, Any] = {
         "method": gb.method,
         "layers": rows,
-        "lipschitz_upper": _num(upper) if upper is not None else None,
+        "lipschitz_upper": finite_or_none(upper) if upper is not None else None,
         "lipschitz_lower": None,
         "ratio": None,
         "unbounded": [{"name": u.name, "type": u.type, "reason": u.reason} for u in gb.unbounded],
@@ -232,10 +230,10 @@ def _data_part(ctx: "AuditContext", options: Options, radii: list[tuple[str, flo
     if options.per_sample:
         per = []
         for i in range(n):
-            row = {"index": index_l[i], "label": label_l[i], "pred": pred_l[i], "margin": _num(margin_l[i]),
-                   "certified_radius": _num(radius_l[i]) if radius_l else None}
+            row = {"index": index_l[i], "label": label_l[i], "pred": pred_l[i], "margin": finite_or_none(margin_l[i]),
+                   "certified_radius": finite_or_none(radius_l[i]) if radius_l else None}
             if sigma_of:
-                row["sigma_max"] = _num(sigma_of.get(index_l[i], math.nan))
+                row["sigma_max"] = finite_or_none(sigma_of.get(index_l[i], math.nan))
             per.append(row)
         section["per_sample"] = per
 
@@ -243,11 +241,6 @@ def _data_part(ctx: "AuditContext", options: Options, radii: list[tuple[str, flo
 # ---------------------------------------------------------------------------
 # Rendering (from the JSON section only)
 
-
-def _fmt(value: Any) -> str:
-    from robaudit.report.terminal import fmt
-
-    return fmt(value)
 
 
 def _ratio(row: Mapping[str, Any], key: str) -> str:
@@ -278,20 +271,20 @@ def render(section: Mapping[str, Any]) -> list:
     for row in section.get("layers") or []:
         shape = "×".join(str(s) for s in row.get("input_shape") or [])
         op = row.get("operator_norm")
-        op_text = _fmt(op) if op is not None else ""
+        op_text = fmt(op) if op is not None else ""
         if op is not None and row.get("converged") is False:
             op_text += " (not converged)"
 
         def cell(key: str) -> str:
             v = row.get(key)
-            return "" if v is None else f"{_fmt(v)} {_ratio(row, key)}".strip()
+            return "" if v is None else f"{fmt(v)} {_ratio(row, key)}".strip()
 
         if row.get("upper") is None:
             used: Any = Text("unbounded", style="bold red")
         else:
-            used = _fmt(row["upper"])
+            used = fmt(row["upper"])
             if row.get("fused"):
-                used += f" (with BN {_fmt(row['fused']['upper'])})"
+                used += f" (with BN {fmt(row['fused']['upper'])})"
             elif row.get("exact") is not None and row.get("kind") != "conv":
                 used += " exact"
         trivial = row.get("kind") in ("activation", "reshape") and row.get("upper") == 1.0
@@ -304,13 +297,13 @@ def render(section: Mapping[str, Any]) -> list:
     if up is None:
         out.append(Text("Lipschitz upper bound: not available (unbounded layers below)", style="bold red"))
     bracket = Text("Lipschitz bracket: ")
-    bracket.append(f"{_fmt(lo) if lo is not None else '–'}", style="bold")
+    bracket.append(f"{fmt(lo) if lo is not None else '–'}", style="bold")
     bracket.append(" (max σ_max over data)" if lo is not None else " (no data)")
     bracket.append(" ≤ L ≤ ")
-    bracket.append(_fmt(up), style="bold")
+    bracket.append(fmt(up), style="bold")
     bracket.append(" (AutoLip)")
     if section.get("ratio") is not None:
-        bracket.append(f" · ratio {_fmt(section['ratio'])}")
+        bracket.append(f" · ratio {fmt(section['ratio'])}")
     out.append(bracket)
     for u in section.get("unbounded") or []:
         out.append(Text(f"unbounded: {u.get('name')} ({u.get('type')}): {u.get('reason')}", style="red"))
@@ -319,12 +312,12 @@ def render(section: Mapping[str, Any]) -> list:
         ct = Table(title=f"certified ℓ2 accuracy ({cert.get('formula')}), n={section.get('n')}", title_justify="left")
         ct.add_column("radius")
         ct.add_column("certified accuracy", justify="right")
-        ct.add_row("0 (clean)", _fmt(cert.get("clean_accuracy")))
+        ct.add_row("0 (clean)", fmt(cert.get("clean_accuracy")))
         for text in cert.get("radii") or []:
-            ct.add_row(text, _fmt((cert.get("accuracy") or {}).get(text)))
+            ct.add_row(text, fmt((cert.get("accuracy") or {}).get(text)))
         out.append(ct)
         rad = cert.get("radius") or {}
-        out.append(Text(f"certified radius: median {_fmt(rad.get('median'))}, max {_fmt(rad.get('max'))}", style="dim"))
+        out.append(Text(f"certified radius: median {fmt(rad.get('median'))}, max {fmt(rad.get('max'))}", style="dim"))
     elif cert:
         out.append(Text(f"certified radii: not available ({cert.get('reason')})", style="yellow"))
     for note in section.get("notes") or []:

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from rich.table import Table
 from rich.text import Text
 
-from robaudit.analyses.base import Analysis, opt
+from robaudit.analyses.base import Analysis, finite_or_none, opt
 from robaudit.errors import UsageError
+from robaudit.report.terminal import fmt
 
 if TYPE_CHECKING:  # pragma: no cover
     from robaudit.context import AuditContext
@@ -136,9 +137,6 @@ def summarize(values: Sequence[float]) -> dict[str, float | None]:
     return {"mean": math.fsum(xs) / len(xs), "median": q(0.5), "p95": q(0.95), "max": xs[-1]}
 
 
-def _num(v: float) -> float | None:
-    return v if math.isfinite(v) else None
-
 
 def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
     """Norms of every sample of ``ctx.data``, batch by batch."""
@@ -231,7 +229,7 @@ def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
     if finite_rows:
         w = max(finite_rows, key=lambda i: spec_l[i])
         worst = {"index": index_l[w], "label": label_l[w], "pred": pred_l[w], "spectral": spec_l[w],
-                 "frobenius": _num(frob_l[w]), "stable_rank": _num(stable_l[w])}
+                 "frobenius": finite_or_none(frob_l[w]), "stable_rank": finite_or_none(stable_l[w])}
 
     section: dict[str, Any] = {
         "method": p.method,
@@ -260,20 +258,15 @@ def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
     if options.per_sample:
         rows_out = []
         for i in range(n):
-            row = {"index": index_l[i], "label": label_l[i], "pred": pred_l[i], "spectral": _num(spec_l[i]),
-                   "frobenius": _num(frob_l[i]), "top_k": [_num(v) for v in topk_l[i]],
-                   "stable_rank": _num(stable_l[i]), "iterations": int(iters_l[i]), "converged": bool(conv_l[i])}
+            row = {"index": index_l[i], "label": label_l[i], "pred": pred_l[i], "spectral": finite_or_none(spec_l[i]),
+                   "frobenius": finite_or_none(frob_l[i]), "top_k": [finite_or_none(v) for v in topk_l[i]],
+                   "stable_rank": finite_or_none(stable_l[i]), "iterations": int(iters_l[i]), "converged": bool(conv_l[i])}
             if p.frobenius == "hutchinson":
-                row["frobenius_stderr"] = _num(stderr_l[i])
+                row["frobenius_stderr"] = finite_or_none(stderr_l[i])
             rows_out.append(row)
         section["per_sample"] = rows_out
     return section
 
-
-def _fmt(value: Any) -> str:
-    from robaudit.report.terminal import fmt
-
-    return fmt(value)
 
 
 def render(section: Mapping[str, Any]) -> list:
@@ -293,7 +286,7 @@ def render(section: Mapping[str, Any]) -> list:
     summary = section.get("summary") or {}
     for key, label in labels.items():
         stats = summary.get(key) or {}
-        table.add_row(label, *(_fmt(stats.get(c)) for c in ("mean", "median", "p95", "max")))
+        table.add_row(label, *(fmt(stats.get(c)) for c in ("mean", "median", "p95", "max")))
     out.append(table)
 
     per_class = section.get("per_class") or {}
@@ -305,14 +298,14 @@ def render(section: Mapping[str, Any]) -> list:
         for label, entry in per_class.items():
             name = f"{label} {entry['name']}" if entry.get("name") else label
             s, f, r = entry.get("spectral") or {}, entry.get("frobenius") or {}, entry.get("stable_rank") or {}
-            pc.add_row(name, str(entry.get("n")), _fmt(s.get("mean")), _fmt(s.get("p95")), _fmt(s.get("max")),
-                       _fmt(f.get("mean")), _fmt(r.get("mean")))
+            pc.add_row(name, str(entry.get("n")), fmt(s.get("mean")), fmt(s.get("p95")), fmt(s.get("max")),
+                       fmt(f.get("mean")), fmt(r.get("mean")))
         out.append(pc)
 
     worst = section.get("worst")
     if worst:
         out.append(Text(f"worst sample: index {worst['index']} (label {worst['label']}, pred {worst['pred']}): "
-                        f"σ_max {_fmt(worst['spectral'])}, ‖J‖_F {_fmt(worst.get('frobenius'))}"))
+                        f"σ_max {fmt(worst['spectral'])}, ‖J‖_F {fmt(worst.get('frobenius'))}"))
     conv = section.get("convergence") or {}
     if conv.get("not_converged"):
         out.append(Text(f"{conv['not_converged']} sample(s) did not converge within {section.get('iters')} "

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 from rich.table import Table
 from rich.text import Text
 
-from robaudit.analyses.base import Analysis, opt
+from robaudit.analyses.base import Analysis, finite_or_none, opt
 from robaudit.analyses.norms import TARGETS, summarize
 from robaudit.errors import UsageError
+from robaudit.report.terminal import fmt
 
 if TYPE_CHECKING:  # pragma: no cover
     from robaudit.context import AuditContext
@@ -54,9 +55,6 @@ def _mean_std(rows: list[list[float]], r: int) -> tuple[list[float | None], list
         stds.append(math.sqrt(var))
     return means, stds
 
-
-def _num(v: float) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
 
 
 def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
@@ -123,9 +121,9 @@ def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
             label_l += [int(v) for v in y.tolist()]
             pred_l += pred.tolist()
             adv_pred_l += adv_pred.tolist()
-            spectra += [[_num(v) for v in row] for row in s.tolist()]
-            align_adv += [[_num(v) for v in row] for row in cos_adv.tolist()]
-            align_rnd += [[_num(v) for v in row] for row in cos_rnd.tolist()]
+            spectra += [[finite_or_none(v) for v in row] for row in s.tolist()]
+            align_adv += [[finite_or_none(v) for v in row] for row in cos_adv.tolist()]
+            align_rnd += [[finite_or_none(v) for v in row] for row in cos_rnd.tolist()]
             energy_adv += cos_adv.square().sum(dim=1).tolist()
             energy_rnd += cos_rnd.square().sum(dim=1).tolist()
             delta_norms += dn.tolist()
@@ -179,16 +177,11 @@ def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
         section["per_sample"] = [
             {"index": index_l[i], "label": label_l[i], "pred": pred_l[i], "adv_pred": adv_pred_l[i],
              "spectrum": spectra[i], "alignment_adversarial": align_adv[i], "alignment_random": align_rnd[i],
-             "delta_norm": _num(delta_norms[i])}
+             "delta_norm": finite_or_none(delta_norms[i])}
             for i in range(n)
         ]
     return section
 
-
-def _fmt(value: Any) -> str:
-    from robaudit.report.terminal import fmt
-
-    return fmt(value)
 
 
 def render(section: Mapping[str, Any]) -> list:
@@ -211,14 +204,14 @@ def render(section: Mapping[str, Any]) -> list:
         if k != prev + 1:
             table.add_row("…", "", "", "", "", "")
         prev = k
-        table.add_row(str(k + 1), _fmt(mean[k]), _fmt((spec.get("median") or [None] * r)[k]),
-                      _fmt((spec.get("normalized_mean") or [None] * r)[k]),
-                      _fmt(adv[k] if k < len(adv) else None), _fmt(rnd[k] if k < len(rnd) else None))
+        table.add_row(str(k + 1), fmt(mean[k]), fmt((spec.get("median") or [None] * r)[k]),
+                      fmt((spec.get("normalized_mean") or [None] * r)[k]),
+                      fmt(adv[k] if k < len(adv) else None), fmt(rnd[k] if k < len(rnd) else None))
     out.append(table)
     energy = al.get("row_space_energy") or {}
-    out.append(Text(f"share of ‖δ‖² in the row space of J: adversarial {_fmt(energy.get('adversarial'))}, "
-                    f"random {_fmt(energy.get('random'))} (expected {_fmt(energy.get('random_expected'))}); "
-                    f"PGD changed the prediction for {_fmt(al.get('prediction_changed'))} of samples"))
+    out.append(Text(f"share of ‖δ‖² in the row space of J: adversarial {fmt(energy.get('adversarial'))}, "
+                    f"random {fmt(energy.get('random'))} (expected {fmt(energy.get('random_expected'))}); "
+                    f"PGD changed the prediction for {fmt(al.get('prediction_changed'))} of samples"))
     nonfinite = section.get("nonfinite") or []
     if nonfinite:
         shown = ", ".join(str(i) for i in nonfinite[:10]) + (" …" if len(nonfinite) > 10 else "")

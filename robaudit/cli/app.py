@@ -113,7 +113,8 @@ def _framework_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[t
     try:
         from typer._click import exceptions as vendored  # Typer >= 0.2x
 
-        exits.append(vendored.Exit) if hasattr(vendored, "Exit") else None
+        if hasattr(vendored, "Exit"):
+            exits.append(vendored.Exit)
         usage.append(vendored.ClickException)
     except ImportError:
         pass
@@ -128,7 +129,7 @@ def _framework_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[t
     return tuple(exits), tuple(aborts), tuple(usage)
 
 
-def _usage_hint(exc: click.ClickException) -> str | None:
+def _usage_hint(exc: BaseException) -> str | None:
     ctx = getattr(exc, "ctx", None)
     if ctx is not None:
         return f"see '{ctx.command_path} --help'"

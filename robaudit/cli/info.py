@@ -51,12 +51,12 @@ def info(
     from robaudit.audit import load_model_for
     from robaudit.device import resolve_device
     from robaudit.models.summary import summarize
-    from robaudit.report.io import dumps
+    from robaudit.report.io import dumps, write_report
 
     loaded = load_model_for(settings, resolve_device(settings.device))
     summary = summarize(loaded)
     if settings.output:
-        _write(settings.output, summary)
+        write_report(settings.output, summary)
         diag.note(f"model summary written to {settings.output}")
     if settings.json:
         stdout_console().file.write(dumps(summary))
@@ -66,16 +66,9 @@ def info(
     return 0
 
 
-def _write(path: str, summary: dict[str, Any]) -> None:
-    from robaudit.report.io import dumps, write_text_atomic
-
-    write_text_atomic(path, dumps(summary))
-
 
 def render_info(summary: dict[str, Any]) -> list:
     from rich.table import Table
-
-    from robaudit.report.terminal import fmt
 
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")

@@ -315,7 +315,6 @@ def _symbolic_batch(model: Any, shapes: dict[str, tuple[int | None, ...]], batch
     Returns:
         how many Reshape targets were rewritten.
     """
-    import onnx
     from onnx import numpy_helper
 
     inits = {i.name for i in model.graph.initializer}

@@ -7,7 +7,7 @@ import os
 import tempfile
 from typing import Any
 
-from robaudit.errors import RobauditError, UsageError
+from robaudit.errors import UsageError
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -60,4 +60,4 @@ def read_report(path: str) -> dict[str, Any]:
     return report
 
 
-__all__ = ["write_text_atomic", "write_report", "read_report", "dumps", "RobauditError"]
+__all__ = ["write_text_atomic", "write_report", "read_report", "dumps"]
