@@ -8,7 +8,13 @@ Semantics, pinned by a boundary table in the tests:
 * ``fail_above M=V`` fails when value > V (equal passes);
 * ``fail_below M=V`` fails when value < V (equal passes);
 * a NaN or null value fails, never passes silently;
-* a metric that is not in the report is an error (exit 2), not a pass.
+* a metric that is not in the report is an error (exit 2), not a pass;
+* a report marked incomplete fails (a ``report.complete`` check) unless
+  ``allow_incomplete`` is given.
+
+The gate is a pure function of the report, the thresholds and the metrics the
+analyses declared (:mod:`robaudit.report.metrics` collects those); it does not
+import the analyses.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ class Threshold:
 
 def parse_threshold(text: str, kind: str) -> Threshold:
     """'METRIC=VALUE' (VALUE may be a fraction such as 8/255) → Threshold."""
-    from robaudit.settings import eval_fraction
+    from robaudit.kinds import eval_fraction
 
     flag = "--" + kind.replace("_", "-")
     metric, sep, raw = str(text).rpartition("=")
@@ -52,8 +58,8 @@ def parse_threshold(text: str, kind: str) -> Threshold:
         value = eval_fraction(raw)
     except ValueError:
         raise UsageError(f"{flag}: expected a number after '=', got {raw!r}") from None
-    if math.isnan(value):
-        raise UsageError(f"{flag}: threshold for {metric} is NaN")
+    if not math.isfinite(value):
+        raise UsageError(f"{flag}: threshold for {metric} must be a finite number, got {raw!r}")
     return Threshold(metric.strip(), kind, value)
 
 
@@ -62,7 +68,10 @@ def thresholds_from(mapping: Mapping[str, Mapping[str, float]]) -> list[Threshol
     out = []
     for kind in (ABOVE, BELOW):
         for metric, value in (mapping.get(kind) or {}).items():
-            out.append(Threshold(str(metric), kind, float(value)))
+            value = float(value)
+            if not math.isfinite(value):
+                raise UsageError(f"gate.{kind}.{metric}: threshold must be a finite number, got {value!r}")
+            out.append(Threshold(str(metric), kind, value))
     return out
 
 
@@ -85,18 +94,19 @@ def _flatten(prefix: str, node: Any, out: dict[str, Any]) -> None:
         out[prefix] = node
 
 
-def metrics_of(report: Mapping[str, Any]) -> dict[str, float | None]:
-    """Every metric the gate can see: analysis aliases, then dotted paths."""
-    from robaudit import analyses
+def metrics_of(report: Mapping[str, Any], declared: Mapping[str, Any] | None = None,
+               aliases: Mapping[str, str] | None = None) -> dict[str, float | None]:
+    """Every value the gate can see: declared metrics, their aliases, then dotted report paths.
 
+    ``declared`` maps canonical names to :class:`~robaudit.analyses.base.Metric` (or plain values).
+    """
     out: dict[str, Any] = {}
     _flatten("", {k: v for k, v in report.items() if k != "gate"}, out)
-    for name, section in (report.get("analyses") or {}).items():
-        try:
-            analysis = analyses.get(name)
-        except UsageError:
-            continue
-        out.update(analysis.metrics(section))
+    for name, metric in (declared or {}).items():
+        out[name] = getattr(metric, "value", metric)
+    for alias, canonical in (aliases or {}).items():
+        if canonical in out and alias not in out:
+            out[alias] = out[canonical]
     return out
 
 
@@ -141,12 +151,26 @@ def resolve(metrics: Mapping[str, Any], metric: str) -> float | None:
     raise MetricError(f"gate: metric '{metric}' is not in the report{hint}")
 
 
-def evaluate(report: Mapping[str, Any], thresholds: Iterable[Threshold]) -> dict[str, Any]:
-    """Evaluate ``thresholds``; every metric is resolved before any is judged."""
+def evaluate(report: Mapping[str, Any], thresholds: Iterable[Threshold], *,
+             declared: Mapping[str, Any] | None = None, aliases: Mapping[str, str] | None = None,
+             allow_incomplete: bool = False) -> dict[str, Any]:
+    """Evaluate ``thresholds``; every metric is resolved before any is judged.
+
+    An incomplete report (interrupted, or an analysis that did not finish) adds a
+    failing ``report.complete`` check unless ``allow_incomplete``.
+    """
     thresholds = list(thresholds)
-    metrics = metrics_of(report)
+    metrics = metrics_of(report, declared, aliases)
     values = [resolve(metrics, t.metric) for t in thresholds]
     checks = []
+    complete = bool(report.get("complete", True)) and all(
+        (s or {}).get("complete", True) is not False for s in (report.get("analyses") or {}).values()
+        if isinstance(s, Mapping))
+    if not complete:
+        checks.append({"metric": "report.complete", "op": "==", "threshold": 1, "value": 0,
+                       "passed": bool(allow_incomplete),
+                       "note": "allowed by --allow-incomplete" if allow_incomplete else
+                               "the report is incomplete; pass --allow-incomplete to gate it anyway"})
     for t, value in zip(thresholds, values):
         checks.append({"metric": t.metric, "op": t.op, "threshold": t.value,
                        "value": value, "passed": passes(value, t.kind, t.value)})

@@ -6,38 +6,33 @@ at the edge; everything downstream gets typed values.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from robaudit.errors import UsageError
+from robaudit.kinds import echo, eval_fraction, parse_fractions  # noqa: F401  (eval_fraction re-exported)
+
+# Defaults of the common settings: the one place they live (the CLI and the config read them).
+DEFAULTS: dict[str, Any] = {
+    "model": None, "arch": None, "mean": None, "std": None, "input_shape": None, "select": None,
+    "unsafe_load": False, "data": None, "data_root": None, "split": "test", "limit": None,
+    "indices": None, "batch_size": 128, "download": False, "device": "auto", "seed": 0,
+    "dtype": "float32", "config": None, "output": None, "json": False, "markdown": None,
+    "plots": None, "quiet": False, "debug": False,
+}
+
+# Keys of the common settings that may also be set in the YAML config.
+CONFIG_KEYS = ("model", "arch", "mean", "std", "input_shape", "select", "data", "data_root",
+               "split", "limit", "indices", "batch_size", "device", "seed", "dtype",
+               "output", "markdown", "plots")
 
 
 def parse_floats(text: Any, flag: str) -> tuple[float, ...] | None:
-    """'0.5,0.25' or [0.5, 0.25] → (0.5, 0.25)."""
+    """'0.5,0.25' or [0.5, 0.25] → (0.5, 0.25); finite numbers only (fractions allowed)."""
     if text is None:
         return None
-    items = text if isinstance(text, (list, tuple)) else str(text).replace(" ", "").split(",")
-    try:
-        values = tuple(float(eval_fraction(str(v))) for v in items if str(v) != "")
-    except ValueError:
-        raise UsageError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise UsageError(f"{flag}: expected at least one number, got {text!r}")
-    return values
-
-
-def eval_fraction(text: str) -> float:
-    """'8/255' → 0.0313..., '0.1' → 0.1 (no eval of arbitrary text)."""
-    text = text.strip()
-    if "/" in text:
-        num, _, den = text.partition("/")
-        d = float(den)
-        if d == 0:
-            raise ValueError(text)
-        return float(num) / d
-    return float(text)
+    return parse_fractions(text, flag)
 
 
 def parse_shape(text: Any, flag: str = "--input-shape") -> tuple[int, ...] | None:
@@ -53,32 +48,11 @@ def parse_shape(text: Any, flag: str = "--input-shape") -> tuple[int, ...] | Non
     return shape
 
 
-def parse_indices(text: Any, flag: str = "--indices") -> list[int] | None:
-    """'0,5,10:20' → [0, 5, 10, ..., 19]."""
-    if text is None:
-        return None
-    items = text if isinstance(text, (list, tuple)) else str(text).replace(" ", "").split(",")
-    out: list[int] = []
-    try:
-        for item in items:
-            item = str(item)
-            if not item:
-                continue
-            if ":" in item:
-                a, _, b = item.partition(":")
-                start, stop = int(a or 0), int(b)
-                if stop <= start:
-                    raise ValueError
-                out.extend(range(start, stop))
-            else:
-                out.append(int(item))
-    except ValueError:
-        raise UsageError(f"{flag}: expected indices like 0,5,10:20, got {text!r}") from None
-    if any(i < 0 for i in out):
-        raise UsageError(f"{flag}: indices must be >= 0, got {text!r}")
-    if not out:
-        raise UsageError(f"{flag}: no indices in {text!r}")
-    return out
+def parse_indices(text: Any, flag: str = "--indices"):
+    """'0,5,10:20' → Indices (ranges, expanded only after the dataset's size is checked)."""
+    from robaudit.data.indices import parse_indices as _parse
+
+    return _parse(text, flag)
 
 
 @dataclass(frozen=True)
@@ -97,7 +71,7 @@ class Settings:
     data_root: str | None = None
     split: str = "test"
     limit: int | None = None
-    indices: tuple[int, ...] | None = None
+    indices: Any = None  # robaudit.data.indices.Indices
     batch_size: int = 128
     download: bool = False
     device: str = "auto"
@@ -108,61 +82,70 @@ class Settings:
     markdown: str | None = None
     plots: str | None = None
     quiet: bool = False
-    debug: bool = False
     config: str | None = None
 
 
-def build_settings(cli: Mapping[str, Any], file_settings: Mapping[str, Any]) -> Settings:
-    """Merge CLI values (only those the user typed) over config over defaults."""
-    from robaudit.cli.options import DEFAULTS
+def build_settings(cli: Mapping[str, Any], file_settings: Mapping[str, Any],
+                   config_path: str | None = None) -> Settings:
+    """Merge CLI values (only those the user typed) over config over defaults.
 
+    Errors name where the bad value came from: the flag, or the config file's key.
+    """
     raw = dict(DEFAULTS)
-    raw.update({k: v for k, v in file_settings.items() if v is not None})
-    raw.update({k: v for k, v in cli.items()})
-    mean, std = parse_floats(raw["mean"], "--mean"), parse_floats(raw["std"], "--std")
+    where: dict[str, str] = {}
+    for k, v in file_settings.items():
+        if v is not None:
+            raw[k] = v
+            where[k] = f"{config_path or 'config'}: {k}"
+    for k, v in cli.items():
+        raw[k] = v
+        where[k] = "--" + k.replace("_", "-")
+
+    def src(key: str) -> str:
+        return where.get(key, "--" + key.replace("_", "-"))
+
+    mean, std = parse_floats(raw["mean"], src("mean")), parse_floats(raw["std"], src("std"))
     if (mean is None) != (std is None):
         raise UsageError("--mean and --std go together: pass both or neither")
     if mean is not None and len(mean) != len(std):
-        raise UsageError(f"--mean has {len(mean)} values but --std has {len(std)}")
+        raise UsageError(f"{src('mean')} has {len(mean)} values but {src('std')} has {len(std)}")
     if std is not None and any(s <= 0 for s in std):
-        raise UsageError(f"--std: expected positive values, got {raw['std']!r}")
-    limit = raw["limit"]
-    if limit is not None:
-        try:
-            limit = int(limit)
-        except (TypeError, ValueError):
-            raise UsageError(f"--limit: expected a positive integer, got {limit!r}") from None
-        if limit <= 0:
-            raise UsageError(f"--limit: expected a positive integer, got {limit}")
-    batch_size = raw["batch_size"]
-    try:
-        batch_size = int(batch_size)
-    except (TypeError, ValueError):
-        raise UsageError(f"--batch-size: expected a positive integer, got {batch_size!r}") from None
-    if batch_size <= 0:
-        raise UsageError(f"--batch-size: expected a positive integer, got {batch_size}")
+        raise UsageError(f"{src('std')}: expected positive values, got {echo(raw['std'])}")
+    limit = _positive_int(raw["limit"], src("limit")) if raw["limit"] is not None else None
+    batch_size = _positive_int(raw["batch_size"], src("batch_size"))
     dtype = str(raw["dtype"])
     if dtype not in ("float32", "float64"):
-        raise UsageError(f"--dtype: expected float32 or float64, got {dtype!r}")
+        raise UsageError(f"{src('dtype')}: expected float32 or float64, got {echo(dtype)}")
     split = str(raw["split"])
     if split not in ("test", "train"):
-        raise UsageError(f"--split: expected test or train, got {split!r}")
+        raise UsageError(f"{src('split')}: expected test or train, got {echo(split)}")
     try:
         seed = int(raw["seed"])
     except (TypeError, ValueError):
-        raise UsageError(f"--seed: expected an integer, got {raw['seed']!r}") from None
-    indices = parse_indices(raw["indices"])
+        raise UsageError(f"{src('seed')}: expected an integer, got {echo(raw['seed'])}") from None
+    for key in ("output", "markdown", "plots"):
+        if raw[key] is not None and str(raw[key]).strip() == "":
+            raise UsageError(f"{src(key)}: expected a path, got an empty string")
+    indices = parse_indices(raw["indices"], src("indices"))
     return Settings(
         model=raw["model"], arch=raw["arch"], mean=mean, std=std,
-        input_shape=parse_shape(raw["input_shape"]), select=raw["select"],
+        input_shape=parse_shape(raw["input_shape"], src("input_shape")), select=raw["select"],
         unsafe_load=bool(raw["unsafe_load"]), data=raw["data"],
         data_explicit=raw["data"] is not None, data_root=raw["data_root"], split=split,
-        limit=limit, indices=tuple(indices) if indices else None, batch_size=batch_size,
+        limit=limit, indices=indices, batch_size=batch_size,
         download=bool(raw["download"]), device=str(raw["device"]), seed=seed, dtype=dtype,
         output=raw["output"], json=bool(raw["json"]), markdown=raw["markdown"], plots=raw["plots"],
-        quiet=bool(raw["quiet"]), debug=bool(raw["debug"]), config=raw["config"],
+        quiet=bool(raw["quiet"]), config=raw["config"],
     )
 
 
-def replace(settings: Settings, **changes: Any) -> Settings:
-    return dataclasses.replace(settings, **changes)
+def _positive_int(value: Any, where: str) -> int:
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        out = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"{where}: expected a positive integer, got {echo(value)}") from None
+    if out <= 0:
+        raise UsageError(f"{where}: expected a positive integer, got {out}")
+    return out

@@ -392,7 +392,8 @@ def test_noise_matches_a_hand_computation(sample):
         assert r["violations"] == 0
     assert section["results"] == []
     metrics = ANALYSIS.metrics(section)
-    assert metrics["attacks.noise@0.1.accuracy"] == section["noise"][0]["accuracy"]
+    assert metrics["attacks.noise@0.1.accuracy"].value == section["noise"][0]["accuracy"]
+    assert metrics["attacks.noise@0.1.accuracy"].better == "higher"
 
 
 # ---------------------------------------------------------------- sanity flags
@@ -454,10 +455,15 @@ def test_square_beating_white_box_and_non_monotone_are_flagged():
 
 # ---------------------------------------------------------------- metrics, render, plot
 
-def test_metrics_accept_label_and_decimal_forms(quick):
-    m = ANALYSIS.metrics(quick)
+def test_metrics_canonical_names_and_decimal_aliases(quick):
+    from robaudit.gate import metrics_of
+
+    declared = ANALYSIS.metrics(quick)
     pgd8 = by(quick, "pgd", "8/255")["robust_accuracy"]
-    assert m["attacks.pgd@8/255.robust_accuracy"] == pgd8
+    assert declared["attacks.pgd@8/255.robust_accuracy"].value == pgd8
+    # decimal spellings are gate aliases, never shown as metrics of their own
+    assert not any("@0.0" in name for name in declared)
+    m = metrics_of({"analyses": {"attacks": quick}}, declared, ANALYSIS.aliases(quick))
     assert m["attacks.pgd@0.0313725.robust_accuracy"] == pgd8
     assert m["attacks.pgd@0.03137.robust_accuracy"] == pgd8
     assert m["attacks.worst_case@8/255"] == quick["worst_case"]["8/255"]
@@ -465,6 +471,8 @@ def test_metrics_accept_label_and_decimal_forms(quick):
     assert m["attacks.worst_case.min"] == min(quick["worst_case"].values())
     assert m["attacks.clean_accuracy"] == quick["clean_accuracy"]
     assert m["attacks.violations"] == 0
+    assert declared["attacks.worst_case@8/255"].better == "higher"
+    assert declared["attacks.violations"].better == "lower"
 
 
 def render_text(section) -> str:

@@ -24,12 +24,23 @@ def _explicit_config(tmp_path, names, overrides):
     for name in names:
         fields = analyses.get(name).option_fields()
         # None is written too (YAML null), so profile overrides cannot leak into the audit run.
-        values = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+        values = {f.name: _plain(f.default) for f in fields if f.default is not dataclasses.MISSING}
         values.update(overrides.get(name, {}))
         section[name] = values
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump({"data": "embedded", "limit": 24, "seed": 3, "analyses": section}))
     return str(path)
+
+
+def _plain(value):
+    """A typed option default as YAML would spell it (enum → its value, tuple → list)."""
+    import enum
+
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def _json_run(capsys, *args):
@@ -150,9 +161,9 @@ def test_compare_real_reports_and_fail_on_regression(tmp_path, capsys):
     assert cli("attack", "--fgsm", "--eps", "8/255", "--limit", "32", "--quiet", "-o", str(a)) == 0
     report = json.loads(a.read_text())
     key = "attacks.fgsm@8/255.robust_accuracy"
-    from robaudit.gate import metrics_of
+    from robaudit.report.metrics import declared
 
-    base = metrics_of(report)[key]
+    base = declared(report)[key].value
     assert 0 < base < 1
     # B: the same model got 10 % less robust (relative), as a regressed release would.
     worse = json.loads(a.read_text())

@@ -90,8 +90,8 @@ def test_max_samples_and_render_and_plot(tmp_path):
     text = console.export_text()
     assert "|cos| adversarial" in text and "row space" in text
     m = spectrum.metrics(section)
-    assert m["spectrum.alignment.adversarial.top1"] == section["alignment"]["adversarial"]["mean"][0]
-    assert m["spectrum.sigma_max.max"] == section["summary"]["sigma_max"]["max"]
+    assert m["spectrum.alignment.adversarial.top1"].value == section["alignment"]["adversarial"]["mean"][0]
+    assert m["spectrum.sigma_max.max"].value == section["summary"]["sigma_max"]["max"]
     path = tmp_path / "spec.png"
     spectrum.plot(section, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

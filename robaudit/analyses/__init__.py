@@ -17,6 +17,10 @@ REGISTRY: dict[str, str] = {
     "spectrum": "robaudit.analyses.spectrum",
     "layers": "robaudit.analyses.layers",
     "attacks": "robaudit.analyses.attacks",
+    "linearity": "robaudit.analyses.linearity",
+    "cells": "robaudit.analyses.cells",
+    "cross_section": "robaudit.analyses.cross_section",
+    "curvature": "robaudit.analyses.curvature",
 }
 
 

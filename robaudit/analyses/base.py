@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from robaudit.kinds import Better, Fraction, Fractions  # noqa: F401  (re-exported for analyses)
 
 if TYPE_CHECKING:  # pragma: no cover
     from robaudit.context import AuditContext
@@ -33,32 +36,77 @@ def finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One gateable number of a section, with the direction in which it is more robust.
+
+    ``value`` None means missing or not finite: the gate fails it and ``compare``
+    counts it as a regression when the other report has a number.
+    """
+
+    value: float | None
+    better: Better
+    unit: str = ""
+
+
 def opt(
     default: Any,
     help: str,
     *,
+    kind: Any = None,
     choices: Sequence[str] | None = None,
     flag: str | None = None,
     short: str | None = None,
     min: float | None = None,
     max: float | None = None,
 ) -> Any:
-    """Declare one analysis option: a dataclass field that is also a CLI flag.
+    """Declare one analysis option: a dataclass field that is also a CLI flag and a YAML key.
 
     Args:
-        default: the default value (its type sets the flag's type; use
-            ``None`` with a typed annotation for "unset").
+        default: the default value, already typed (an Enum member, a float, a tuple of floats).
         help: the ``--help`` text.
-        choices: allowed string values (validated at the CLI edge and in YAML).
+        kind: the value kind when the default does not say it: ``bool``, ``int``, ``float``,
+            ``str``, :class:`~robaudit.kinds.Fraction`, :class:`~robaudit.kinds.Fractions` or an Enum class.
+            Inferred from ``default`` otherwise (an Enum default gives its Enum's choices).
+        choices: allowed string values for a ``str`` option.
         flag: the flag name if it differs from ``--field-name``.
         short: an optional one-letter alias such as ``-k``.
-        min, max: numeric range checked at the CLI edge and in YAML.
+        min, max: numeric range (for lists: of every element), checked once when options are made.
     """
-    meta = {"help": help, "choices": tuple(choices) if choices else None,
+    if kind is None and default is not None:
+        kind = _infer_kind(default)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        choices = tuple(m.value for m in kind)
+    meta = {"help": help, "kind": kind, "choices": tuple(choices) if choices else None,
             "flag": flag, "short": short, "min": min, "max": max}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _infer_kind(default: Any) -> Any:
+    if isinstance(default, enum.Enum):
+        return type(default)
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, tuple):
+        return Fractions
+    if default is None:
+        raise TypeError("opt(None, ...) needs kind=...")
+    return type(default)
+
+
+def option_kind(f: dataclasses.Field) -> Any:
+    """The declared value kind of an option field (from ``kind=``, the default, or the annotation)."""
+    if f.metadata.get("kind") is not None:
+        return f.metadata["kind"]
+    if f.default is not dataclasses.MISSING and f.default is not None:
+        return _infer_kind(f.default)
+    text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    for name, typ in (("bool", bool), ("int", int), ("float", float)):
+        if name in text:
+            return typ
+    return str
 
 
 @dataclass(frozen=True)
@@ -71,7 +119,8 @@ class Analysis:
         options: a frozen dataclass type; its fields are the options.
         run: ``run(ctx, options) -> dict`` (JSON-safe section).
         render: ``render(section) -> list`` of Rich renderables (from JSON only).
-        metrics: ``metrics(section) -> {alias: float}`` for the gate and compare.
+        metrics: ``metrics(section) -> {name: Metric}``: canonical names, each with its direction;
+            the gate, ``compare``, Markdown and HTML all read these declarations.
         plot: optional ``plot(section, path)`` writing one PNG.
         needs_data: whether the analysis needs a dataset.
         command: the CLI command name when it differs from ``name``.
@@ -82,6 +131,11 @@ class Analysis:
             before any computation. Empty: any ``<name>.…`` alias is accepted.
         check: optional ``check(options)`` raising UsageError for option
             combinations that are invalid whatever the model (run before any work).
+        aliases: optional ``aliases(section) -> {alias: canonical name}``: other names the
+            gate accepts for a metric (never shown in tables).
+        row: the frozen dataclass of one ``per_sample`` entry; the report schema of the
+            section is generated from it (:mod:`robaudit.report.schema`).
+        required: keys every section of this analysis has (also in the generated schema).
     """
 
     name: str
@@ -89,13 +143,16 @@ class Analysis:
     options: type
     run: Callable[["AuditContext", Any], dict]
     render: Callable[[Mapping[str, Any]], list]
-    metrics: Callable[[Mapping[str, Any]], dict[str, float]]
+    metrics: Callable[[Mapping[str, Any]], dict[str, Metric]]
     plot: Callable[[Mapping[str, Any], str], None] | None = None
     needs_data: bool = True
     command: str | None = None
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     metric_patterns: tuple[str, ...] = ()
     check: Callable[[Any], None] | None = None
+    aliases: Callable[[Mapping[str, Any]], dict[str, str]] | None = None
+    row: type | None = None
+    required: tuple[str, ...] = ()
 
     @property
     def command_name(self) -> str:
@@ -105,11 +162,16 @@ class Analysis:
     def option_fields(self) -> list[dataclasses.Field]:
         return list(dataclasses.fields(self.options))
 
-    def make_options(self, values: Mapping[str, Any] | None = None) -> Any:
-        """Build validated options from a mapping of field names (unknown keys → ConfigError)."""
+    def make_options(self, values: Mapping[str, Any] | None = None,
+                     sources: Mapping[str, str] | None = None) -> Any:
+        """Typed, validated options from raw values (unknown keys → ConfigError).
+
+        ``sources`` maps a field name to where its value came from (``--eps``,
+        ``robaudit.yaml: analyses.attacks.eps``), so errors name the real source.
+        """
         from robaudit.config import validate_options
 
-        options = validate_options(self, dict(values or {}))
+        options = validate_options(self, dict(values or {}), sources=sources)
         if self.check is not None:
             self.check(options)
         return options

@@ -5,69 +5,87 @@ al. 2022; Roth et al. 2019, eq. 7); ‖J‖_F is Hoffman et al.'s (2019)
 regulariser. Methods: exact (C VJPs), power iteration, batched Lanczos, and the
 Hutchinson Frobenius estimator; all from :mod:`robaudit.linalg`.
 
-Streaming: batches are processed one at a time; only per-sample scalars are
-kept, so memory grows with N by a few numbers per sample.
+Streaming: batches are processed one at a time; only per-sample rows are kept.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 from rich.table import Table
 from rich.text import Text
 
-from robaudit.analyses.base import Analysis, finite_or_none, opt
+from robaudit.analyses.base import Analysis, Metric, opt
 from robaudit.errors import UsageError
-from robaudit.report.terminal import fmt
+from robaudit.kinds import EXACT_MAX_CLASSES, Better, FrobeniusMethod, JacTarget, NormMethod
+from robaudit.numfmt import fmt
+from robaudit.stats import summary as summarize
 
 if TYPE_CHECKING:  # pragma: no cover
+    from robaudit.analyses.runner import Batch
     from robaudit.context import AuditContext
 
-METHODS = ("auto", "exact", "power", "lanczos")
-FROBENIUS = ("auto", "exact", "hutchinson")
-TARGETS = ("logits", "probs", "logprobs")
-EXACT_MAX_CLASSES = 64  # mirrors robaudit.linalg.EXACT_MAX_CLASSES (kept here to avoid importing torch)
 DEFAULT_ITERS = 100
 DEFAULT_N_PROJ = 16
-DEFAULT_TOP_K = 3
+DEFAULT_TOP_K_EXACT = 3  # exact gives every σ for free; iterative methods default to σ_max alone
 EXACT_MIN_ROWS = 32  # auto picks exact above 64 classes only if this many samples' Jacobians fit --memory-mb
 
 
 @dataclass(frozen=True)
 class Options:
-    method: str = opt("auto", "How σ is computed: exact Jacobian (C backward passes), power iteration, or "
-                      "batched Lanczos. auto: exact when C ≤ 64 or the Jacobians fit --memory-mb, else lanczos.",
-                      choices=METHODS)
-    frobenius: str = opt("auto", "How ‖J‖_F is computed: exact, or the Hutchinson random-projection estimate with "
-                         "a standard error. auto: exact when the method is exact or C ≤ 64.", choices=FROBENIUS)
+    method: NormMethod = opt(NormMethod.AUTO, "How σ is computed: exact Jacobian (C backward passes), power "
+                             "iteration, or batched Lanczos. auto: exact when C ≤ 64 or the Jacobians fit "
+                             "--memory-mb, else lanczos.")
+    frobenius: FrobeniusMethod = opt(FrobeniusMethod.AUTO, "How ‖J‖_F is computed: exact, or the Hutchinson "
+                                     "random-projection estimate with a standard error. auto: exact when the "
+                                     "method is exact or C ≤ 64.")
     n_proj: int | None = opt(None, f"Random projections per sample for --frobenius hutchinson [default: {DEFAULT_N_PROJ}].",
-                             min=2)
-    iters: int | None = opt(None, f"Iteration cap for power/lanczos [default: {DEFAULT_ITERS}].", min=1)
-    tol: float | None = opt(None, "Relative tolerance for power/lanczos [default: 1e-5 in float32, 1e-8 in float64].",
-                            min=0.0)
-    target: str = opt("logits", "Differentiate the logits, the softmax probabilities or the log-probabilities.",
-                      choices=TARGETS)
-    top_k: int | None = opt(None, f"Top singular values per sample [default: {DEFAULT_TOP_K}, capped at min(C, D); "
-                            "1 for power].", min=1)
+                             kind=int, min=2)
+    iters: int | None = opt(None, f"Iteration cap for power/lanczos [default: {DEFAULT_ITERS}].", kind=int, min=1)
+    tol: float | None = opt(None, "Relative tolerance for power/lanczos, on the residual error bound "
+                            "[default: 1e-5 in float32, 1e-10 in float64].", kind=float, min=0.0)
+    target: JacTarget = opt(JacTarget.LOGITS, "Differentiate the logits, the softmax probabilities or the "
+                            "log-probabilities.")
+    top_k: int | None = opt(None, f"Top singular values per sample [default: {DEFAULT_TOP_K_EXACT} for exact, 1 for "
+                            "power and lanczos; capped at min(C, D)].", kind=int, min=1)
     per_sample: bool = opt(True, "Include one row per sample in the report.")
     memory_mb: int = opt(512, "Memory budget (MB) for exact Jacobians of one batch; auto uses it to choose.", min=1)
+    skip_nonfinite: bool = opt(False, "Leave samples with a NaN/Inf Jacobian out of the metrics instead of failing "
+                               "every norms metric in the gate.")
 
 
 @dataclass(frozen=True)
 class NormsPlan:
     """The options resolved against the model: what will actually run."""
 
-    method: str
-    method_requested: str
+    method: NormMethod
+    method_requested: NormMethod
     reason: str
-    frobenius: str
+    frobenius: FrobeniusMethod
     top_k: int
     iters: int | None
     tol: float | None
     n_proj: int | None
-    target: str
+    target: JacTarget
+    rows_per_pass: int
+
+
+@dataclass(frozen=True)
+class Row:
+    """One sample's norms (None where the Jacobian is not finite)."""
+
+    index: int
+    label: int
+    pred: int
+    spectral: float | None
+    frobenius: float | None
+    top_k: list
+    stable_rank: float | None
+    iterations: int
+    converged: bool
+    frobenius_stderr: float | None
 
 
 def plan(options: Options, *, num_classes: int, input_dim: int, batch_size: int, itemsize: int,
@@ -80,193 +98,166 @@ def plan(options: Options, *, num_classes: int, input_dim: int, batch_size: int,
     budget = options.memory_mb * 2**20
     # exact chunks a batch to the budget; it is worth it while a chunk still holds a few dozen samples
     jac_bytes = min(batch_size, EXACT_MIN_ROWS) * c * d * (itemsize + 16)  # J plus its float64 working copies
-    if options.method == "auto":
+    if options.method is NormMethod.AUTO:
         if c <= EXACT_MAX_CLASSES:
-            method, reason = "exact", f"C = {c} ≤ {EXACT_MAX_CLASSES}"
+            method, reason = NormMethod.EXACT, f"C = {c} ≤ {EXACT_MAX_CLASSES}"
         elif jac_bytes <= budget:
-            method, reason = "exact", f"Jacobians of {EXACT_MIN_ROWS} samples fit --memory-mb {options.memory_mb}"
+            method, reason = NormMethod.EXACT, f"Jacobians of {EXACT_MIN_ROWS} samples fit --memory-mb {options.memory_mb}"
         else:
-            method, reason = "lanczos", f"C = {c} > {EXACT_MAX_CLASSES} and Jacobians exceed --memory-mb {options.memory_mb}"
+            method, reason = NormMethod.LANCZOS, (f"C = {c} > {EXACT_MAX_CLASSES} and Jacobians exceed "
+                                                  f"--memory-mb {options.memory_mb}")
     else:
         method, reason = options.method, "requested"
-    if method == "exact" and (options.iters is not None or options.tol is not None):
+    if method is NormMethod.EXACT and (options.iters is not None or options.tol is not None):
         flag = "--iters" if options.iters is not None else "--tol"
-        hint = " (auto chose exact; pass --method power|lanczos)" if options.method == "auto" else ""
+        hint = " (auto chose exact; pass --method power|lanczos)" if options.method is NormMethod.AUTO else ""
         raise UsageError(f"{flag} applies to --method power|lanczos, not exact{hint}")
     frob = options.frobenius
-    if frob == "auto":
-        frob = "exact" if method == "exact" or c <= EXACT_MAX_CLASSES else "hutchinson"
-    if frob == "exact" and options.n_proj is not None:
+    if frob is FrobeniusMethod.AUTO:
+        frob = FrobeniusMethod.EXACT if method is NormMethod.EXACT or c <= EXACT_MAX_CLASSES else FrobeniusMethod.HUTCHINSON
+    if frob is FrobeniusMethod.EXACT and options.n_proj is not None:
         raise UsageError("--n-proj applies to --frobenius hutchinson, not exact")
     rank = min(c, d)
     if options.top_k is not None:
         if options.top_k > rank:
             raise UsageError(f"--top-k: expected at most min(C, D) = {rank}, got {options.top_k}")
-        if method == "power" and options.top_k > 1:
+        if method is NormMethod.POWER and options.top_k > 1:
             raise UsageError("--top-k > 1 needs --method exact or lanczos (power iteration gives σ_max only)")
         top_k = options.top_k
     else:
-        top_k = 1 if method == "power" else min(DEFAULT_TOP_K, rank)
+        top_k = min(DEFAULT_TOP_K_EXACT, rank) if method is NormMethod.EXACT else 1
     iters = tol = None
-    if method in ("power", "lanczos"):
+    if method in (NormMethod.POWER, NormMethod.LANCZOS):
         iters = options.iters if options.iters is not None else DEFAULT_ITERS
-        if method == "lanczos":
+        if method is NormMethod.LANCZOS:
             iters = min(iters, rank if c <= d else d)
             iters = max(iters, top_k)
-        tol = options.tol if options.tol is not None else (1e-8 if float64 else 1e-5)
-    n_proj = (options.n_proj or DEFAULT_N_PROJ) if frob == "hutchinson" else None
+        tol = options.tol if options.tol is not None else (1e-10 if float64 else 1e-5)
+    n_proj = (options.n_proj or DEFAULT_N_PROJ) if frob is FrobeniusMethod.HUTCHINSON else None
+    rows_per_pass = batch_size
+    if method is NormMethod.EXACT or frob is FrobeniusMethod.EXACT:
+        # J of one pass must fit the budget: (rows, C, D) plus float64 working copies
+        rows_per_pass = max(1, min(batch_size, budget // max(1, c * d * (itemsize + 16))))
     return NormsPlan(method=method, method_requested=options.method, reason=reason, frobenius=frob, top_k=top_k,
-                     iters=iters, tol=tol, n_proj=n_proj, target=options.target)
+                     iters=iters, tol=tol, n_proj=n_proj, target=options.target, rows_per_pass=rows_per_pass)
 
 
-def summarize(values: Sequence[float]) -> dict[str, float | None]:
-    """mean, median, p95 and max of the finite values (None when there are none).
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
-    Quantiles interpolate linearly between order statistics (numpy's default).
-    """
-    xs = sorted(v for v in values if v is not None and math.isfinite(v))
-    if not xs:
-        return {"mean": None, "median": None, "p95": None, "max": None}
 
-    def q(p: float) -> float:
-        pos = p * (len(xs) - 1)
-        lo = math.floor(pos)
-        hi = min(lo + 1, len(xs) - 1)
-        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+def compute_rows(model, batch: "Batch", p: NormsPlan, *, num_classes: int, seed: int) -> list[Row]:
+    """Norms of one batch, in slices of ``p.rows_per_pass`` samples."""
+    from robaudit.linalg import JacobianOperator
+    from robaudit.linalg.norms import jacobian_norms
 
-    return {"mean": math.fsum(xs) / len(xs), "median": q(0.5), "p95": q(0.95), "max": xs[-1]}
-
+    rows: list[Row] = []
+    for start in range(0, batch.x.shape[0], p.rows_per_pass):
+        sl = slice(start, start + p.rows_per_pass)
+        op = JacobianOperator(model, batch.x[sl], target=p.target.value)
+        if op.num_outputs != num_classes:
+            raise UsageError(f"model output has {op.num_outputs} classes, expected {num_classes}")
+        res = jacobian_norms(op, method=p.method.value, frobenius=p.frobenius.value, k=p.top_k,
+                             iters=p.iters or 1, tol=p.tol or 0.0, n_proj=p.n_proj or 2,
+                             keys=batch.index[sl], seed=seed)
+        op.release()
+        hutch = p.frobenius is FrobeniusMethod.HUTCHINSON
+        for i, (index, label) in enumerate(zip(batch.index[sl].tolist(), batch.y[sl].tolist())):
+            rows.append(Row(index=int(index), label=int(label), pred=int(res.pred[i]),
+                            spectral=_finite(float(res.spectral[i])), frobenius=_finite(float(res.frobenius[i])),
+                            top_k=[_finite(float(v)) for v in res.top_k[i].tolist()],
+                            stable_rank=_finite(float(res.stable_rank[i])), iterations=int(res.iterations[i]),
+                            converged=bool(res.converged[i]),
+                            frobenius_stderr=_finite(float(res.frobenius_stderr[i])) if hutch else None))
+    return rows
 
 
 def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
     """Norms of every sample of ``ctx.data``, batch by batch."""
     import torch
 
-    from robaudit.linalg import JacobianOperator, batch_rows_for_budget, eval_mode
-    from robaudit.linalg.norms import jacobian_norms
+    from robaudit.analyses.runner import collect_rows
 
     data = ctx.require_data("norms")
+    c, d = int(ctx.model.num_classes), int(math.prod(data.sample_shape))
+    p = plan(options, num_classes=c, input_dim=d, batch_size=ctx.batch_size,
+             itemsize=torch.empty((), dtype=ctx.dtype).element_size(), float64=ctx.dtype == torch.float64)
     model = ctx.model.module
-    torch.manual_seed(ctx.seed)
-    c = int(ctx.model.num_classes)
-    d = int(math.prod(data.sample_shape))
-    itemsize = torch.empty((), dtype=ctx.dtype).element_size()
-    p = plan(options, num_classes=c, input_dim=d, batch_size=ctx.batch_size, itemsize=itemsize,
-             float64=ctx.dtype == torch.float64)
-    needs_jac = p.method == "exact" or p.frobenius == "exact"
-    rows_per_pass = ctx.batch_size
-    if needs_jac:
-        rows_per_pass = min(ctx.batch_size, batch_rows_for_budget(c, d, itemsize, options.memory_mb * 2**20))
-
-    n_total = len(data)
-    index_l: list[int] = []
-    label_l: list[int] = []
-    pred_l: list[int] = []
-    spec_l: list[float] = []
-    frob_l: list[float] = []
-    stable_l: list[float] = []
-    stderr_l: list[float] = []
-    iters_l: list[int] = []
-    conv_l: list[bool] = []
-    topk_l: list[list[float]] = []
-    sigma_chunks = []
-    with eval_mode(model), ctx.progress(f"norms ({p.method})", n_total) as task:
-        for idx, x, y in data.batches(ctx.batch_size, device=ctx.device, dtype=ctx.dtype):
-            for start in range(0, x.shape[0], rows_per_pass):
-                sl = slice(start, start + rows_per_pass)
-                op = JacobianOperator(model, x[sl], target=p.target)
-                if op.num_outputs != c:
-                    raise UsageError(f"model output has {op.num_outputs} classes, expected {c}")
-                res = jacobian_norms(op, method=p.method, frobenius=p.frobenius, k=p.top_k,
-                                     iters=p.iters or 1, tol=p.tol or 0.0, n_proj=p.n_proj or 2,
-                                     keys=idx[sl], seed=ctx.seed)
-                op.release()
-                sigma_chunks.append(res.spectral.detach().cpu())
-                index_l += [int(i) for i in idx[sl].tolist()]
-                label_l += [int(v) for v in y[sl].tolist()]
-                pred_l += res.pred.tolist()
-                spec_l += res.spectral.tolist()
-                frob_l += res.frobenius.tolist()
-                stable_l += res.stable_rank.tolist()
-                stderr_l += res.frobenius_stderr.tolist()
-                iters_l += res.iterations.tolist()
-                conv_l += res.converged.tolist()
-                topk_l += res.top_k.tolist()
-                task.advance(int(x[sl].shape[0]))
-
-    n = len(index_l)
-    sigma = torch.cat(sigma_chunks) if sigma_chunks else torch.empty(0, dtype=torch.float64)
-    if p.target == "logits":
+    try:
+        rows = collect_rows(ctx, "norms", lambda b: compute_rows(model, b, p, num_classes=c, seed=ctx.seed),
+                            description=f"norms ({p.method.value})")
+    except KeyboardInterrupt as exc:
+        exc.partial_section = summarise(getattr(exc, "partial_rows", []), p, options, ctx)  # type: ignore[attr-defined]
+        raise
+    if p.target is JacTarget.LOGITS:
         # Reused by the layers analysis as the empirical Lipschitz lower bound (max over data of σ_max).
-        ctx.cache["norms.sigma_max"] = sigma
-        ctx.cache["norms.index"] = torch.tensor(index_l, dtype=torch.long)
-        ctx.cache["norms.method"] = p.method  # exact, or power/lanczos (lower bounds on σ_max)
-    nonfinite = [index_l[i] for i in range(n) if not math.isfinite(spec_l[i])]
-    if nonfinite:
-        ctx.warn(f"norms: the Jacobian is NaN/Inf for {len(nonfinite)} sample(s), e.g. index {nonfinite[0]}; "
-                 "they are listed under 'nonfinite' and left out of the summary")
-    not_conv = sum(1 for i in range(n) if not conv_l[i] and math.isfinite(spec_l[i]))
-    if not_conv and p.method in ("power", "lanczos"):
-        ctx.warn(f"norms: {p.method} did not reach --tol {p.tol} within {p.iters} iterations for {not_conv} "
-                 "sample(s); their σ is a lower bound")
+        ctx.cache["norms.sigma_max"] = torch.tensor([math.nan if r.spectral is None else r.spectral for r in rows],
+                                                    dtype=torch.float64)
+        ctx.cache["norms.index"] = torch.tensor([r.index for r in rows], dtype=torch.long)
+    return summarise(rows, p, options, ctx)
 
-    summary = {"spectral": summarize(spec_l), "frobenius": summarize(frob_l), "stable_rank": summarize(stable_l)}
+
+def summarise(rows: list[Row], p: NormsPlan, options: Options, ctx: "AuditContext | None" = None) -> dict[str, Any]:
+    """The norms section from the rows (pure apart from warnings through ``ctx``)."""
+    n = len(rows)
+    warn = ctx.warn if ctx is not None else (lambda message: None)
+    nonfinite = [r.index for r in rows if r.spectral is None]
+    if nonfinite:
+        how = ("they are left out of the metrics (--skip-nonfinite)" if options.skip_nonfinite else
+               "every norms metric fails the gate (pass --skip-nonfinite to leave them out)")
+        warn(f"norms: the Jacobian is NaN/Inf for {len(nonfinite)} sample(s), e.g. index {nonfinite[0]}; {how}")
+    iterative = p.method in (NormMethod.POWER, NormMethod.LANCZOS)
+    not_conv = sum(1 for r in rows if not r.converged and r.spectral is not None)
+    if not_conv and iterative:
+        warn(f"norms: {p.method.value} did not reach --tol {p.tol} within {p.iters} iterations for {not_conv} "
+             "sample(s); their σ is a lower bound")
+    names = None
+    if ctx is not None:
+        names = getattr(ctx.data, "class_names", None) or getattr(ctx.model, "class_names", None)
+
+    def stats(subset: list[Row]) -> dict[str, Any]:
+        return {"spectral": summarize(r.spectral for r in subset),
+                "frobenius": summarize(r.frobenius for r in subset),
+                "stable_rank": summarize(r.stable_rank for r in subset)}
+
     per_class: dict[str, Any] = {}
-    names = getattr(data, "class_names", None) or getattr(ctx.model, "class_names", None)
-    groups: dict[int, list[int]] = {}
-    for i, label in enumerate(label_l):
-        groups.setdefault(label, []).append(i)
-    for label, rows in sorted(groups.items()):
-        entry: dict[str, Any] = {"n": len(rows),
-                                 "spectral": summarize([spec_l[i] for i in rows]),
-                                 "frobenius": summarize([frob_l[i] for i in rows]),
-                                 "stable_rank": summarize([stable_l[i] for i in rows])}
+    for label in sorted({r.label for r in rows}):
+        subset = [r for r in rows if r.label == label]
+        entry: dict[str, Any] = {"n": len(subset), **stats(subset)}
         if names and 0 <= label < len(names):
             entry["name"] = names[label]
         per_class[str(label)] = entry
-    finite_rows = [i for i in range(n) if math.isfinite(spec_l[i])]
+    finite_rows = [r for r in rows if r.spectral is not None]
     worst = None
     if finite_rows:
-        w = max(finite_rows, key=lambda i: spec_l[i])
-        worst = {"index": index_l[w], "label": label_l[w], "pred": pred_l[w], "spectral": spec_l[w],
-                 "frobenius": finite_or_none(frob_l[w]), "stable_rank": finite_or_none(stable_l[w])}
-
+        w = max(finite_rows, key=lambda r: r.spectral)
+        worst = {"index": w.index, "label": w.label, "pred": w.pred, "spectral": w.spectral,
+                 "frobenius": w.frobenius, "stable_rank": w.stable_rank}
+    iters = [r.iterations for r in rows]
     section: dict[str, Any] = {
-        "method": p.method,
-        "method_requested": p.method_requested,
-        "method_reason": p.reason,
-        "frobenius_method": p.frobenius,
-        "target": p.target,
-        "n": n,
-        "num_classes": c,
-        "input_dim": d,
-        "top_k": p.top_k,
-        "iters": p.iters,
-        "tol": p.tol,
-        "n_proj": p.n_proj,
-        "summary": summary,
-        "per_class": per_class,
-        "worst": worst,
-        "accuracy": (sum(1 for i in range(n) if pred_l[i] == label_l[i]) / n) if n else None,
-        "convergence": {
-            "not_converged": not_conv,
-            "mean_iterations": (sum(iters_l) / n) if n else None,
-            "max_iterations": max(iters_l) if n else None,
-        },
+        "method": p.method.value, "method_requested": p.method_requested.value, "method_reason": p.reason,
+        "frobenius_method": p.frobenius.value, "target": p.target.value, "n": n,
+        "num_classes": int(ctx.model.num_classes) if ctx is not None else None,
+        "input_dim": int(math.prod(ctx.data.sample_shape)) if ctx is not None and ctx.data is not None else None,
+        "top_k": p.top_k, "iters": p.iters, "tol": p.tol, "n_proj": p.n_proj,
+        "summary": stats(rows), "per_class": per_class, "worst": worst,
+        "accuracy": (sum(1 for r in rows if r.pred == r.label) / n) if n else None,
+        "convergence": {"not_converged": not_conv, "mean_iterations": (sum(iters) / n) if n else None,
+                        "max_iterations": max(iters) if n else None},
         "nonfinite": nonfinite,
+        "skip_nonfinite": options.skip_nonfinite,
     }
     if options.per_sample:
-        rows_out = []
-        for i in range(n):
-            row = {"index": index_l[i], "label": label_l[i], "pred": pred_l[i], "spectral": finite_or_none(spec_l[i]),
-                   "frobenius": finite_or_none(frob_l[i]), "top_k": [finite_or_none(v) for v in topk_l[i]],
-                   "stable_rank": finite_or_none(stable_l[i]), "iterations": int(iters_l[i]), "converged": bool(conv_l[i])}
-            if p.frobenius == "hutchinson":
-                row["frobenius_stderr"] = finite_or_none(stderr_l[i])
-            rows_out.append(row)
-        section["per_sample"] = rows_out
-    return section
+        from robaudit.analyses.runner import row_dict
 
+        out = []
+        for r in rows:
+            row = row_dict(r)
+            if p.frobenius is not FrobeniusMethod.HUTCHINSON:
+                row.pop("frobenius_stderr")
+            out.append(row)
+        section["per_sample"] = out
+    return section
 
 
 def render(section: Mapping[str, Any]) -> list:
@@ -296,7 +287,7 @@ def render(section: Mapping[str, Any]) -> list:
                           ("σ max", "right"), ("‖J‖_F mean", "right"), ("stable rank", "right")):
             pc.add_column(col, justify=just)
         for label, entry in per_class.items():
-            name = f"{label} {entry['name']}" if entry.get("name") else label
+            name = Text(f"{label} {entry['name']}" if entry.get("name") else label)
             s, f, r = entry.get("spectral") or {}, entry.get("frobenius") or {}, entry.get("stable_rank") or {}
             pc.add_row(name, str(entry.get("n")), fmt(s.get("mean")), fmt(s.get("p95")), fmt(s.get("max")),
                        fmt(f.get("mean")), fmt(r.get("mean")))
@@ -320,15 +311,22 @@ def render(section: Mapping[str, Any]) -> list:
     return out
 
 
-def metrics(section: Mapping[str, Any]) -> dict[str, float]:
-    """Gate aliases: norms.spectral.*, norms.frobenius.*, norms.stable_rank.mean, norms.nonfinite."""
-    out: dict[str, Any] = {}
+def metrics(section: Mapping[str, Any]) -> dict[str, Metric]:
+    """norms.spectral.*, norms.frobenius.*, norms.stable_rank.mean (lower is better), norms.nonfinite.
+
+    A section with NaN/Inf samples makes every norm metric missing (so the gate fails it),
+    unless the run was made with --skip-nonfinite.
+    """
+    out: dict[str, Metric] = {}
     summary = section.get("summary") or {}
+    poisoned = bool(section.get("nonfinite")) and not section.get("skip_nonfinite")
     for key in ("spectral", "frobenius"):
         for stat in ("mean", "median", "p95", "max"):
-            out[f"norms.{key}.{stat}"] = (summary.get(key) or {}).get(stat)
-    out["norms.stable_rank.mean"] = (summary.get("stable_rank") or {}).get("mean")
-    out["norms.nonfinite"] = float(len(section.get("nonfinite") or []))
+            value = None if poisoned else (summary.get(key) or {}).get(stat)
+            out[f"norms.{key}.{stat}"] = Metric(value, Better.LOWER)
+    value = None if poisoned else (summary.get("stable_rank") or {}).get("mean")
+    out["norms.stable_rank.mean"] = Metric(value, Better.NEUTRAL)
+    out["norms.nonfinite"] = Metric(float(len(section.get("nonfinite") or [])), Better.LOWER, "samples")
     return out
 
 
@@ -336,6 +334,8 @@ ANALYSIS = Analysis(
     name="norms",
     help="Per-sample Jacobian spectral and Frobenius norms (exact, power iteration, Lanczos, Hutchinson).",
     options=Options,
+    row=Row,
+    required=("method", "summary", "n", "nonfinite"),
     run=run,
     render=render,
     metrics=metrics,

@@ -18,10 +18,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 from rich.table import Table
 from rich.text import Text
 
-from robaudit.analyses.base import Analysis, finite_or_none, opt
-from robaudit.analyses.norms import TARGETS, summarize
+from robaudit.analyses.base import Analysis, Fraction, Metric, opt
+from robaudit.analyses.runner import row_dict
 from robaudit.errors import UsageError
-from robaudit.report.terminal import fmt
+from robaudit.kinds import Better, JacTarget
+from robaudit.numfmt import fmt
+from robaudit.stats import quantile
+from robaudit.stats import summary as summarize
 
 if TYPE_CHECKING:  # pragma: no cover
     from robaudit.context import AuditContext
@@ -29,19 +32,38 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass(frozen=True)
 class Options:
-    eps: float = opt(0.5, "ℓ2 radius of the PGD perturbations, in pixel units ([0,1] images).", min=0.0)
+    eps: float = opt(0.5, "ℓ2 radius of the PGD perturbations, in pixel units ([0,1] images); fractions "
+                     "such as 128/255 allowed.", kind=Fraction, min=0.0)
     steps: int = opt(10, "PGD steps.", min=1)
-    alpha: float | None = opt(None, "PGD step size [default: 2.5·eps/steps].", min=0.0)
-    max_samples: int | None = opt(None, "Use at most this many samples (the first ones) [default: all].", min=1)
-    target: str = opt("logits", "Differentiate the logits, the softmax probabilities or the log-probabilities.",
-                      choices=TARGETS)
+    alpha: float | None = opt(None, "PGD step size [default: 2.5·eps/steps].", kind=Fraction, min=0.0)
+    max_samples: int | None = opt(None, "Use at most this many samples (the first ones) [default: all].",
+                                  kind=int, min=1)
+    target: JacTarget = opt(JacTarget.LOGITS, "Differentiate the logits, the softmax probabilities or the "
+                            "log-probabilities.")
     per_sample: bool = opt(True, "Include each sample's spectrum and alignments in the report.")
-    plot: str | None = opt(None, "Write the mean spectrum and the alignment by rank to this PNG file.")
+    plot: str | None = opt(None, "Write the mean spectrum and the alignment by rank to this PNG file.", kind=str)
     memory_mb: int = opt(512, "Memory budget (MB) for the Jacobians and singular vectors of one batch.", min=1)
 
 
+@dataclass(frozen=True)
+class Row:
+    """One sample's singular spectrum and the alignment of a PGD and a random direction with it."""
+
+    index: int
+    label: int
+    pred: int
+    adv_pred: int | None
+    spectrum: list
+    alignment_adversarial: list
+    alignment_random: list
+    delta_norm: float | None
+    energy_adversarial: float | None
+    energy_random: float | None
+    finite: bool
+
+
 def _mean_std(rows: list[list[float]], r: int) -> tuple[list[float | None], list[float | None]]:
-    """Per-rank mean and standard deviation over rows, ignoring non-finite entries."""
+    """Per-rank mean and standard deviation over rows, ignoring missing entries."""
     means, stds = [], []
     for k in range(r):
         col = [row[k] for row in rows if row[k] is not None and math.isfinite(row[k])]
@@ -56,132 +78,112 @@ def _mean_std(rows: list[list[float]], r: int) -> tuple[list[float | None], list
     return means, stds
 
 
+def check(options: Options) -> None:
+    if options.eps == 0:
+        raise UsageError("--eps: expected a positive ℓ2 radius, got 0")
+
+
+def _values(t) -> list:
+    return [v if math.isfinite(v) else None for v in t.tolist()]
+
+
+def compute_rows(model, batch, options: Options, *, alpha: float, seed: int, n_classes: int) -> list[Row]:
+    """Spectra by the exact Jacobian, PGD-ℓ2 directions through the re-checked attack path."""
+    import torch
+
+    from robaudit.attacks.run import attack_batch
+    from robaudit.linalg import JacobianOperator, jacobian, right_singular
+    from robaudit.linalg.rng import keyed_sphere
+
+    idx, x, y = batch
+    d = int(math.prod(x.shape[1:]))
+    op = JacobianOperator(model, x, target=options.target.value)
+    jac = jacobian(op)
+    pred = op.value.argmax(dim=1)
+    op.release()
+    s, vh, finite = right_singular(jac)
+    del jac
+    labels = torch.where(y >= 0, y.to(pred.device), pred)  # attack the true label where known
+    x_adv, chk = attack_batch(model, x, labels, "pgdl2", norm="l2", eps=options.eps, steps=options.steps,
+                              alpha=alpha, n_classes=n_classes, seed=seed, random_start=False)
+    delta = (x_adv - x).flatten(1).to(torch.float64)
+    dn = delta.norm(dim=1)
+    usable = (dn > 0) & ~chk.violation  # a direction that broke the budget is not trusted
+    rnd = keyed_sphere(idx, (d,), seed=seed, dtype=torch.float64, device=x.device)
+    cos_adv = torch.einsum("brd,bd->br", vh, delta / dn.clamp_min(1e-300)[:, None]).abs()
+    cos_adv = torch.where(usable[:, None], cos_adv, torch.full_like(cos_adv, float("nan")))
+    cos_rnd = torch.einsum("brd,bd->br", vh, rnd).abs()
+    e_adv, e_rnd = cos_adv.square().sum(dim=1), cos_rnd.square().sum(dim=1)
+    rows = []
+    for i in range(x.shape[0]):
+        rows.append(Row(index=int(idx[i]), label=int(y[i]), pred=int(pred[i]), adv_pred=int(chk.pred[i]),
+                        spectrum=_values(s[i]), alignment_adversarial=_values(cos_adv[i]),
+                        alignment_random=_values(cos_rnd[i]), delta_norm=_values(dn[i:i + 1])[0],
+                        energy_adversarial=_values(e_adv[i:i + 1])[0], energy_random=_values(e_rnd[i:i + 1])[0],
+                        finite=bool(finite[i])))
+    return rows
+
 
 def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
     """Spectra and alignments, batch by batch."""
     import torch
-    import torchattacks
 
-    from robaudit.linalg import JacobianOperator, eval_mode, jacobian, right_singular
-    from robaudit.linalg.rng import keyed_sphere
+    from robaudit.analyses.runner import run_rows
 
     data = ctx.require_data("spectrum")
-    model = ctx.model.module
-    torch.manual_seed(ctx.seed)
-    c = int(ctx.model.num_classes)
-    d = int(math.prod(data.sample_shape))
+    c, d = int(ctx.model.num_classes), int(math.prod(data.sample_shape))
     r = min(c, d)
-    if options.eps == 0:
-        raise UsageError("--eps: expected a positive ℓ2 radius, got 0")
     alpha = options.alpha if options.alpha is not None else 2.5 * options.eps / options.steps
     itemsize = torch.empty((), dtype=ctx.dtype).element_size()
-    # J (C×D) in the compute dtype, plus J and Vh (r×D) in float64
-    per_row = d * (c * itemsize + 8 * c + 8 * r)
+    per_row = d * (c * itemsize + 8 * c + 8 * r)  # J in the compute dtype, plus J and Vh (r×D) in float64
     rows_per_pass = max(1, min(ctx.batch_size, options.memory_mb * 2**20 // per_row))
-    n_total = len(data) if options.max_samples is None else min(len(data), options.max_samples)
+    model = ctx.model.module
+    return run_rows(ctx, "spectrum",
+                    lambda b: compute_rows(model, b, options, alpha=alpha, seed=ctx.seed, n_classes=c),
+                    lambda rows: summarise(rows, options, alpha=alpha, num_classes=c, input_dim=d, warn=ctx.warn),
+                    batch_size=rows_per_pass, limit=options.max_samples)
 
-    index_l: list[int] = []
-    label_l: list[int] = []
-    pred_l: list[int] = []
-    adv_pred_l: list[int] = []
-    spectra: list[list[float]] = []
-    align_adv: list[list[float | None]] = []
-    align_rnd: list[list[float | None]] = []
-    energy_adv: list[float] = []
-    energy_rnd: list[float] = []
-    delta_norms: list[float] = []
-    nonfinite: list[int] = []
-    seen = 0
-    with eval_mode(model), ctx.progress("spectrum", n_total) as task:
-        attack = torchattacks.PGDL2(model, eps=options.eps, alpha=alpha, steps=options.steps, random_start=False)
-        for idx, x, y in data.batches(rows_per_pass, device=ctx.device, dtype=ctx.dtype):
-            if seen >= n_total:
-                break
-            take = min(x.shape[0], n_total - seen)
-            idx, x, y = idx[:take], x[:take], y[:take]
-            seen += take
-            op = JacobianOperator(model, x, target=options.target)
-            jac = jacobian(op)
-            pred = op.value.argmax(dim=1)
-            op.release()
-            s, vh, finite = right_singular(jac)
-            del jac
-            # attack the true label where known, else the prediction
-            labels = torch.where(y >= 0, y.to(pred.device), pred)
-            x_adv = attack(x, labels)
-            with torch.no_grad():
-                adv_pred = model(x_adv).argmax(dim=1)
-            delta = (x_adv - x).flatten(1).to(torch.float64)
-            dn = delta.norm(dim=1)
-            rnd = keyed_sphere(idx, (d,), seed=ctx.seed, dtype=torch.float64, device=x.device)
-            cos_adv = torch.einsum("brd,bd->br", vh, delta / dn.clamp_min(1e-300)[:, None]).abs()
-            cos_adv = torch.where((dn > 0)[:, None], cos_adv, torch.full_like(cos_adv, float("nan")))
-            cos_rnd = torch.einsum("brd,bd->br", vh, rnd).abs()
-            index_l += [int(i) for i in idx.tolist()]
-            label_l += [int(v) for v in y.tolist()]
-            pred_l += pred.tolist()
-            adv_pred_l += adv_pred.tolist()
-            spectra += [[finite_or_none(v) for v in row] for row in s.tolist()]
-            align_adv += [[finite_or_none(v) for v in row] for row in cos_adv.tolist()]
-            align_rnd += [[finite_or_none(v) for v in row] for row in cos_rnd.tolist()]
-            energy_adv += cos_adv.square().sum(dim=1).tolist()
-            energy_rnd += cos_rnd.square().sum(dim=1).tolist()
-            delta_norms += dn.tolist()
-            nonfinite += [int(i) for i, ok in zip(idx.tolist(), finite.tolist()) if not ok]
-            task.advance(take)
 
-    n = len(index_l)
+def summarise(rows: list[Row], options: Options, *, alpha: float, num_classes: int, input_dim: int,
+              warn=lambda message: None) -> dict[str, Any]:
+    """The spectrum section from the rows (pure)."""
+    c, d = num_classes, input_dim
+    r = min(c, d)
+    nonfinite = [row.index for row in rows if not row.finite]
     if nonfinite:
-        ctx.warn(f"spectrum: the Jacobian is NaN/Inf for {len(nonfinite)} sample(s), e.g. index {nonfinite[0]}; "
-                 "they are listed under 'nonfinite' and left out of the means")
-    bad = set(nonfinite)
-    ok_rows = [i for i in range(n) if index_l[i] not in bad]
-    sp_mean, sp_std = _mean_std([spectra[i] for i in ok_rows], r)
-    normalized = [[(v / row[0]) if (v is not None and row[0]) else None for v in row]
-                  for row in (spectra[i] for i in ok_rows)]
+        warn(f"spectrum: the Jacobian is NaN/Inf for {len(nonfinite)} sample(s), e.g. index {nonfinite[0]}; "
+             "they are listed under 'nonfinite' and left out of the means")
+    ok = [row for row in rows if row.finite]
+    sp_mean, sp_std = _mean_std([row.spectrum for row in ok], r)
+    normalized = [[(v / row.spectrum[0]) if (v is not None and row.spectrum[0]) else None for v in row.spectrum]
+                  for row in ok]
     norm_mean, _ = _mean_std(normalized, r)
-    median = []
-    for k in range(r):
-        median.append(summarize([spectra[i][k] for i in ok_rows])["median"])
-    adv_mean, adv_std = _mean_std([align_adv[i] for i in ok_rows], r)
-    rnd_mean, rnd_std = _mean_std([align_rnd[i] for i in ok_rows], r)
-    flipped = [i for i in ok_rows if adv_pred_l[i] != pred_l[i]]
-
+    median = [quantile([row.spectrum[k] for row in ok], 0.5) for k in range(r)]
+    adv_mean, adv_std = _mean_std([row.alignment_adversarial for row in ok], r)
+    rnd_mean, rnd_std = _mean_std([row.alignment_random for row in ok], r)
+    flipped = [row for row in ok if row.adv_pred != row.pred]
     section: dict[str, Any] = {
-        "n": n,
-        "num_classes": c,
-        "input_dim": d,
-        "rank": r,
-        "target": options.target,
+        "n": len(rows), "num_classes": c, "input_dim": d, "rank": r, "target": options.target.value,
         "spectrum": {"mean": sp_mean, "std": sp_std, "median": median, "normalized_mean": norm_mean},
         "alignment": {
-            "attack": "pgd_l2",
-            "eps": options.eps,
-            "steps": options.steps,
-            "alpha": alpha,
+            "attack": "pgd_l2", "eps": options.eps, "steps": options.steps, "alpha": alpha,
             "adversarial": {"mean": adv_mean, "std": adv_std},
             "random": {"mean": rnd_mean, "std": rnd_std},
             # fraction of ‖δ‖² inside the row space of J (Σ_r cos²); for a random direction ≈ r/D
-            "row_space_energy": {"adversarial": summarize([energy_adv[i] for i in ok_rows])["mean"],
-                                 "random": summarize([energy_rnd[i] for i in ok_rows])["mean"],
+            "row_space_energy": {"adversarial": summarize(row.energy_adversarial for row in ok)["mean"],
+                                 "random": summarize(row.energy_random for row in ok)["mean"],
                                  "random_expected": r / d},
             "random_expected_abs_cos": math.sqrt(2 / (math.pi * d)),
-            "prediction_changed": (len(flipped) / len(ok_rows)) if ok_rows else None,
-            "mean_delta_norm": summarize([delta_norms[i] for i in ok_rows])["mean"],
+            "prediction_changed": (len(flipped) / len(ok)) if ok else None,
+            "mean_delta_norm": summarize(row.delta_norm for row in ok)["mean"],
         },
-        "summary": {"sigma_max": summarize([spectra[i][0] for i in ok_rows]),
-                    "sigma_min": summarize([spectra[i][r - 1] for i in ok_rows])},
+        "summary": {"sigma_max": summarize(row.spectrum[0] for row in ok),
+                    "sigma_min": summarize(row.spectrum[r - 1] for row in ok)},
         "nonfinite": nonfinite,
     }
     if options.per_sample:
-        section["per_sample"] = [
-            {"index": index_l[i], "label": label_l[i], "pred": pred_l[i], "adv_pred": adv_pred_l[i],
-             "spectrum": spectra[i], "alignment_adversarial": align_adv[i], "alignment_random": align_rnd[i],
-             "delta_norm": finite_or_none(delta_norms[i])}
-            for i in range(n)
-        ]
+        section["per_sample"] = [row_dict(row) for row in rows]
     return section
-
 
 
 def render(section: Mapping[str, Any]) -> list:
@@ -219,17 +221,20 @@ def render(section: Mapping[str, Any]) -> list:
     return out
 
 
-def metrics(section: Mapping[str, Any]) -> dict[str, float]:
-    """Gate aliases: spectrum.sigma_max.*, spectrum.alignment.{adversarial,random}.top1, spectrum.energy.*."""
+def metrics(section: Mapping[str, Any]) -> dict[str, Metric]:
+    """spectrum.sigma_max.* (lower is better); alignments and energies (neutral: descriptive)."""
     al = section.get("alignment") or {}
     adv = (al.get("adversarial") or {}).get("mean") or [None]
     rnd = (al.get("random") or {}).get("mean") or [None]
-    out: dict[str, Any] = {f"spectrum.sigma_max.{k}": v for k, v in ((section.get("summary") or {}).get("sigma_max") or {}).items()}
-    out["spectrum.alignment.adversarial.top1"] = adv[0]
-    out["spectrum.alignment.random.top1"] = rnd[0]
+    out: dict[str, Metric] = {}
+    poisoned = bool(section.get("nonfinite"))
+    for k, v in ((section.get("summary") or {}).get("sigma_max") or {}).items():
+        out[f"spectrum.sigma_max.{k}"] = Metric(None if poisoned else v, Better.LOWER)
+    out["spectrum.alignment.adversarial.top1"] = Metric(adv[0], Better.NEUTRAL)
+    out["spectrum.alignment.random.top1"] = Metric(rnd[0], Better.NEUTRAL)
     energy = al.get("row_space_energy") or {}
-    out["spectrum.energy.adversarial"] = energy.get("adversarial")
-    out["spectrum.energy.random"] = energy.get("random")
+    out["spectrum.energy.adversarial"] = Metric(energy.get("adversarial"), Better.NEUTRAL)
+    out["spectrum.energy.random"] = Metric(energy.get("random"), Better.NEUTRAL)
     return out
 
 
@@ -277,10 +282,13 @@ ANALYSIS = Analysis(
     name="spectrum",
     help="Per-sample singular spectra of the Jacobian; alignment of ℓ2 PGD perturbations with singular vectors.",
     options=Options,
+    row=Row,
+    required=("n", "spectrum", "alignment", "summary", "nonfinite"),
     run=run,
     render=render,
     metrics=metrics,
     plot=plot,
+    check=check,
     profiles={"quick": {"max_samples": 32, "steps": 5, "per_sample": False},
               "standard": {"max_samples": 200}, "full": {}},
     metric_patterns=(r"spectrum\.sigma_max\.\w+", r"spectrum\.alignment\.(adversarial|random)\.top1",

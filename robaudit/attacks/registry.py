@@ -51,6 +51,7 @@ class AttackParams:
         n_classes: number of classes of the model (FAB, APGD-T, AutoAttack).
         seed: seed handed to attacks that reseed torch themselves.
         targeted: run in targeted mode (random target ≠ label per sample).
+        random_start: PGD-family random start (off for pure gradient directions, e.g. spectrum alignment).
     """
 
     norm: Norm
@@ -62,6 +63,7 @@ class AttackParams:
     n_classes: int = 10
     seed: int = 0
     targeted: bool = False
+    random_start: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,11 +119,11 @@ def _fgsm(model, p: AttackParams):
 
 
 def _pgd(model, p: AttackParams):
-    return _ta().PGD(model, eps=p.eps, alpha=p.alpha, steps=p.steps, random_start=True)
+    return _ta().PGD(model, eps=p.eps, alpha=p.alpha, steps=p.steps, random_start=p.random_start)
 
 
 def _pgdl2(model, p: AttackParams):
-    return _ta().PGDL2(model, eps=p.eps, alpha=p.alpha, steps=p.steps, random_start=True)
+    return _ta().PGDL2(model, eps=p.eps, alpha=p.alpha, steps=p.steps, random_start=p.random_start)
 
 
 def _tpgd(model, p: AttackParams):

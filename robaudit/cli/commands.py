@@ -5,6 +5,7 @@ engine (:mod:`robaudit.audit`), and hand the report to the renderers.
 
 from __future__ import annotations
 
+import enum
 import inspect
 from typing import Annotated, Any, Callable, List, Optional
 
@@ -28,9 +29,25 @@ def _typed_values(ctx: typer.Context, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if given(k)}
 
 
+def _display(value: Any) -> str:
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
+_METAVARS = {bool: None, int: "INT", float: "FLOAT", str: "TEXT"}
+
+
 def analysis_parameters(analysis: Analysis) -> list[inspect.Parameter]:
-    """One CLI option per field of the analysis' Options dataclass."""
+    """One CLI option per field of the analysis' Options dataclass.
+
+    Numbers, fractions, lists and enums arrive as text and are typed once by
+    ``Analysis.make_options``, the same code that validates the YAML config.
+    """
     from robaudit.config import field_kind
+    from robaudit.kinds import Fraction, Fractions
 
     params = []
     for f in analysis.option_fields():
@@ -45,14 +62,23 @@ def analysis_parameters(analysis: Analysis) -> list[inspect.Parameter]:
         if meta.get("choices"):
             text += f" [{'|'.join(meta['choices'])}]"
         if kind is not bool and f.default not in (None, ""):
-            text += f" [default: {f.default}]"
+            text += f" [default: {_display(f.default)}]"
         text = escape(text)  # help is rendered as Rich markup: keep [..] literal
         if kind is bool and f.default is True:
             text += " [default: on]"
             text = escape(text)
+        if kind is Fraction:
+            metavar = "FLOAT"
+        elif kind is Fractions:
+            metavar = "LIST"
+        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+            metavar = "|".join(m.value for m in kind).upper() if len(kind) <= 4 else "CHOICE"
+        else:
+            metavar = _METAVARS.get(kind, "TEXT")
         # Typer's own default display would show the parameter's sentinel, not the option's default.
-        option = typer.Option(*names, help=text, show_default=False, rich_help_panel=f"{analysis.name} options")
-        typ = bool if kind is bool else Optional[kind]
+        option = typer.Option(*names, help=text, show_default=False, metavar=metavar,
+                              rich_help_panel=f"{analysis.name} options")
+        typ = bool if kind is bool else Optional[kind if kind in (int, float) else str]
         params.append(inspect.Parameter(OPT_PREFIX + f.name, inspect.Parameter.KEYWORD_ONLY,
                                         default=False if kind is bool else None,
                                         annotation=Annotated[typ, option]))

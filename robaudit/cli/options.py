@@ -59,18 +59,7 @@ COMMON: dict[str, tuple[Any, Any]] = {
     "debug": (bool, typer.Option("--debug", help="Show tracebacks on errors.", rich_help_panel=_O)),
 }
 
-# Keys of the common settings that may also be set in the YAML config.
-CONFIG_KEYS = ("model", "arch", "mean", "std", "input_shape", "select", "data", "data_root",
-               "split", "limit", "indices", "batch_size", "device", "seed", "dtype",
-               "output", "markdown", "plots")
-
-DEFAULTS: dict[str, Any] = {
-    "model": None, "arch": None, "mean": None, "std": None, "input_shape": None, "select": None,
-    "unsafe_load": False, "data": None, "data_root": None, "split": "test", "limit": None,
-    "indices": None, "batch_size": 128, "download": False, "device": "auto", "seed": 0,
-    "dtype": "float32", "config": None, "output": None, "json": False, "markdown": None,
-    "plots": None, "quiet": False, "debug": False,
-}
+from robaudit.settings import CONFIG_KEYS, DEFAULTS  # noqa: E402,F401  (defaults live below the CLI)
 
 
 def parameters(names: list[str] | None = None) -> list[inspect.Parameter]:

@@ -69,23 +69,33 @@ def gate(
     fail_above: Annotated[Optional[List[str]], typer.Option("--fail-above", help="Fail when METRIC > VALUE (repeatable).")] = None,
     fail_below: Annotated[Optional[List[str]], typer.Option("--fail-below", help="Fail when METRIC < VALUE (repeatable).")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print the gate result as JSON.")] = False,
-    list_metrics: Annotated[bool, typer.Option("--list-metrics", help="List the metrics the report offers and exit.")] = False,
+    list_metrics: Annotated[bool, typer.Option("--list-metrics", help="List the metrics the report declares (name, value, which way is better) and exit.")] = False,
+    allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="Gate a report marked incomplete (interrupted) instead of failing it.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> int:
     import json as _json
 
+    from rich.text import Text
+
     from robaudit.cli.console import stdout_console
     from robaudit.config import load_config
     from robaudit.errors import UsageError
-    from robaudit.gate import ABOVE, BELOW, evaluate, metrics_of, parse_threshold, thresholds_from
+    from robaudit.gate import ABOVE, BELOW, evaluate, parse_threshold, thresholds_from
+    from robaudit.numfmt import fmt
+    from robaudit.report import metrics
     from robaudit.report.io import read_report
-    from robaudit.report.terminal import fmt, gate_table
+    from robaudit.report.terminal import gate_table
 
     data = read_report(report)
     console = stdout_console()
+    declared = metrics.declared(data)
     if list_metrics:
-        for name, value in metrics_of(data).items():
-            console.print(f"{name} = {fmt(value)}", highlight=False)
+        width = max((len(n) for n in declared), default=0)
+        for name, metric in declared.items():
+            better = getattr(metric.better, "value", metric.better)
+            console.print(Text(f"{name:<{width}}  {fmt(metric.value):>10}  ({better} is better)"
+                               if better != "neutral" else f"{name:<{width}}  {fmt(metric.value):>10}  (neutral)"),
+                          soft_wrap=True)
         return 0
     cfg = load_config(config)
     thresholds = thresholds_from(cfg.gate)
@@ -93,7 +103,8 @@ def gate(
     thresholds += [parse_threshold(t, BELOW) for t in fail_below or []]
     if not thresholds:
         raise UsageError("gate: no thresholds: pass --fail-above/--fail-below or a --config with a gate: section")
-    result = evaluate(data, thresholds)
+    result = evaluate(data, thresholds, declared=declared, aliases=metrics.aliases(data),
+                      allow_incomplete=allow_incomplete)
     if json:
         console.file.write(_json.dumps(result, indent=2) + "\n")
     else:

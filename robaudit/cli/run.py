@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from robaudit.cli.console import Diagnostics, stdout_console
 from robaudit.config import FileConfig, load_config
+from robaudit.errors import UsageError
 
 
 def make_plan(names: list[str], cfg: FileConfig, cli_options: Mapping[str, Mapping[str, Any]],
@@ -20,13 +21,21 @@ def make_plan(names: list[str], cfg: FileConfig, cli_options: Mapping[str, Mappi
     plan = Plan()
     for name in names:
         analysis = analyses.get(name)
+        fields = {f.name: f for f in analysis.option_fields()}
         values: dict[str, Any] = {}
-        values.update((base or {}).get(name, {}))
-        values.update({k.replace("-", "_"): v for k, v in cfg.analyses.get(name, {}).items()})
-        cli = cli_options.get(name, {})
-        if cli:  # CLI values are checked with flag names in messages
-            values.update(cli)
-        plan.steps.append((analysis, analysis.make_options(values)))
+        sources: dict[str, str] = {}
+        for key, value in (base or {}).get(name, {}).items():
+            values[key] = value
+            sources[key] = f"profile default analyses.{name}.{key}"
+        for key, value in cfg.analyses.get(name, {}).items():
+            values[key.replace("-", "_")] = value
+            sources[key.replace("-", "_")] = f"{cfg.path}: analyses.{name}.{key}"
+        for key, value in cli_options.get(name, {}).items():
+            values[key] = value
+            f = fields.get(key)
+            flag = (f.metadata.get("flag") if f is not None else None) or "--" + key.replace("_", "-")
+            sources[key] = flag
+        plan.steps.append((analysis, analysis.make_options(values, sources=sources)))
     return plan
 
 
@@ -38,12 +47,15 @@ def execute(*, command: str, names: list[str], cli_settings: Mapping[str, Any],
     from robaudit.settings import build_settings
 
     cfg = cfg if cfg is not None else load_config(cli_settings.get("config"))
-    settings = build_settings(cli_settings, cfg.settings)
+    settings = build_settings(cli_settings, cfg.settings, cfg.path)
     plan = make_plan(names, cfg, cli_options, profile_options)
+    if not plan.steps:
+        raise UsageError("no analyses selected")
     if thresholds:
         from robaudit.gate import check_known
 
         check_known(thresholds, [analysis for analysis, _ in plan.steps])
+    check_output_paths(settings, plan)
     diag = Diagnostics(quiet=settings.quiet)
     if settings.unsafe_load:
         diag.warn("--unsafe-load: unpickling a full module runs code from the file; use only files you trust")
@@ -65,15 +77,51 @@ def execute(*, command: str, names: list[str], cli_settings: Mapping[str, Any],
     report = make_report(command=command, ctx=ctx, settings=settings, sections=sections, timings=timings,
                          warnings=diag.warnings, complete=complete)
     if thresholds:
-        from robaudit.gate import evaluate
-
-        report["gate"] = evaluate(report, thresholds)
+        report["gate"] = gate_of(report, thresholds, interrupted=interrupted)
     emit(report, settings, plan, diag)
     if interrupted:
         return 130
     if report.get("gate") and not report["gate"]["passed"]:
         return 1
     return 0
+
+
+def gate_of(report: dict[str, Any], thresholds: list, *, interrupted: bool = False) -> dict[str, Any]:
+    """The gate of a finished run; an interrupted run's gate always fails (metrics may be missing)."""
+    from robaudit.gate import MetricError, evaluate
+    from robaudit.report import metrics
+
+    try:
+        return evaluate(report, thresholds, declared=metrics.declared(report), aliases=metrics.aliases(report))
+    except MetricError:
+        if not interrupted:
+            raise
+        return {"passed": False, "checks": [{"metric": "report.complete", "op": "==", "threshold": 1, "value": 0,
+                                             "passed": False, "note": "interrupted before every metric was computed"}]}
+
+
+def check_output_paths(settings, plan) -> None:
+    """Refuse unusable output paths before any computation (nothing finished is lost later)."""
+    files = [("--output", settings.output), ("--markdown", settings.markdown)]
+    for analysis, options in plan.steps:
+        if getattr(options, "plot", None):
+            files.append((f"{analysis.name} --plot", options.plot))
+    for flag, path in files:
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            raise UsageError(f"{flag}: {path!r} is a directory; expected a file path")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise UsageError(f"{flag}: the directory {parent!r} does not exist")
+        if not os.access(parent, os.W_OK) and not (os.path.exists(path) and os.access(path, os.W_OK)):
+            raise UsageError(f"{flag}: cannot write to {parent!r} (permission denied)")
+    if settings.plots is not None:
+        if os.path.exists(settings.plots) and not os.path.isdir(settings.plots):
+            raise UsageError(f"--plots: {settings.plots!r} exists and is not a directory")
+        parent = os.path.dirname(os.path.abspath(settings.plots))
+        if not os.path.isdir(parent):
+            raise UsageError(f"--plots: the directory {parent!r} does not exist")
 
 
 def emit(report: dict[str, Any], settings, plan, diag: Diagnostics) -> None:

@@ -7,11 +7,11 @@ iterations and convergence, per sample.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import torch
 
+from robaudit.kinds import FrobeniusMethod, NormMethod
 from robaudit.linalg.exact import exact
 from robaudit.linalg.hutchinson import hutchinson
 from robaudit.linalg.lanczos import top_singular
@@ -20,19 +20,8 @@ from robaudit.linalg.products import JacobianOperator
 from robaudit.linalg.rng import keyed_normal, keyed_sphere
 
 
-class Method(str, enum.Enum):
-    """How σ is computed."""
-
-    EXACT = "exact"
-    POWER = "power"
-    LANCZOS = "lanczos"
-
-
-class FrobeniusMethod(str, enum.Enum):
-    """How ‖J‖_F is computed."""
-
-    EXACT = "exact"
-    HUTCHINSON = "hutchinson"
+# One set of mode enums for the CLI layer and the engines (robaudit.kinds is torch-free).
+Method = NormMethod
 
 
 @dataclass(frozen=True)
@@ -46,7 +35,9 @@ class NormsBatch:
         frobenius_stderr: (B,) standard error of ``frobenius`` (0 when exact).
         stable_rank: (B,) ‖J‖_F² / σ_max².
         iterations: (B,) solver iterations (VJPs for exact; steps for power/lanczos).
-        converged: (B,) bool.
+        converged: (B,) bool: ``error_bound`` ≤ tol (always True for exact where finite).
+        error_bound: (B,) relative bound on σ_max: the true value is within spectral·(1 + error_bound)
+            (power/lanczos estimates are lower bounds); 0 for exact, NaN where not finite.
         finite: (B,) bool; False marks a NaN/Inf Jacobian.
         pred: (B,) argmax of the model output.
         vector: (B, D) top right singular vector from power iteration (warm start), else None.
@@ -61,12 +52,13 @@ class NormsBatch:
     converged: torch.Tensor
     finite: torch.Tensor
     pred: torch.Tensor
+    error_bound: torch.Tensor
     vector: torch.Tensor | None = None
 
 
 def jacobian_norms(op: JacobianOperator, *, method: Method | str = Method.EXACT,
                    frobenius: FrobeniusMethod | str = FrobeniusMethod.EXACT, k: int = 1, iters: int = 100,
-                   tol: float = 1e-6, n_proj: int = 16, keys: torch.Tensor | None = None, seed: int = 0,
+                   tol: float | None = None, n_proj: int = 16, keys: torch.Tensor | None = None, seed: int = 0,
                    init: torch.Tensor | None = None) -> NormsBatch:
     """σ_max, top-k σ and ‖J‖_F of every sample of ``op``'s batch.
 
@@ -75,7 +67,7 @@ def jacobian_norms(op: JacobianOperator, *, method: Method | str = Method.EXACT,
         method: exact | power | lanczos (power gives k = 1 only).
         frobenius: exact (C VJPs, shared with ``exact``) | hutchinson (``n_proj`` VJPs).
         k: number of top singular values.
-        iters, tol: iteration cap and relative tolerance of power/lanczos.
+        iters, tol: iteration cap and residual tolerance of power/lanczos (default :func:`default_tol`).
         n_proj: Hutchinson projections per sample.
         keys: (B,) per-sample keys (dataset indices) for random vectors, so results
             do not depend on batch size or order; ``arange(B)`` if None.
@@ -99,16 +91,19 @@ def jacobian_norms(op: JacobianOperator, *, method: Method | str = Method.EXACT,
             frob, stderr = ex.frobenius, torch.zeros(b, dtype=f64, device=device)
     if method is Method.EXACT:
         top, iterations, converged, finite = ex.singular_values[:, :k], ex.iterations, ex.converged, ex.finite
+        bound = torch.zeros(b, dtype=f64, device=device)
     elif method is Method.POWER:
         start = init if init is not None else keyed_normal(keys, (d,), seed=seed, dtype=dtype, device=device)
         pw = power_iteration(op, iters=iters, tol=tol, init=start)
         top, iterations, converged, finite = pw.sigma[:, None].to(f64), pw.iterations, pw.converged, pw.finite
+        bound = pw.error_bound.to(f64)
         vector = pw.vector
     else:
         n = c if c <= d else d
         start = keyed_normal(keys, (n,), seed=seed, dtype=dtype, device=device)
         lz = top_singular(op, k=k, iters=iters, tol=tol, init=start)
         top, iterations, converged, finite = lz.sigma.to(f64), lz.iterations, lz.converged, lz.finite
+        bound = lz.error_bound[:, 0].to(f64)
     if frobenius is FrobeniusMethod.HUTCHINSON:
         probes = keyed_sphere(keys, (n_proj, c), seed=seed + 1, dtype=dtype, device=device)
         hu = hutchinson(op, probes=probes)
@@ -125,4 +120,4 @@ def jacobian_norms(op: JacobianOperator, *, method: Method | str = Method.EXACT,
     pred = op.value.argmax(dim=1)
     return NormsBatch(spectral=spectral, top_k=top, frobenius=frob, frobenius_stderr=stderr.to(f64),
                       stable_rank=stable, iterations=iterations, converged=converged & finite, finite=finite,
-                      pred=pred, vector=vector)
+                      pred=pred, error_bound=torch.where(finite, bound, nan), vector=vector)

@@ -33,11 +33,7 @@ def make_report(*, command: str, ctx, settings, sections: Mapping[str, Any], tim
     """The report of one run. ``ctx`` is the AuditContext, ``settings`` the Settings."""
     import torch
 
-    from robaudit.audit import sha256_of
-
-    model = ctx.model.describe()
-    if model.get("sha256") is None:
-        model["sha256"] = sha256_of(model.get("path"))
+    model = ctx.model.describe()  # the loader hashed the file it read (None for an in-memory module)
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "robaudit", "version": __version__},
