@@ -47,10 +47,10 @@ def load_data_for(settings: Settings, model, *, needed: bool):
     if not settings.data_explicit and not needed:
         return None
     data = load_data(settings.data, root=settings.data_root, split=settings.split,
-                     limit=settings.limit, indices=list(settings.indices) if settings.indices else None,
+                     limit=settings.limit, indices=settings.indices,
                      download=settings.download)
     try:
-        check_compatible(data, model.input_shape)
+        check_compatible(data, model.input_shape, num_classes=model.num_classes)
     except DataError:
         if settings.data_explicit or needed:
             raise
@@ -85,7 +85,7 @@ def run_plan(ctx: AuditContext, plan: Plan) -> tuple[dict[str, Any], dict[str, f
     for analysis, options in plan.steps:
         start = time.perf_counter()
         try:
-            sections[analysis.name] = analysis.run(ctx, options)
+            sections[analysis.name] = _run_one(ctx, analysis, options)
         except KeyboardInterrupt as exc:
             # Keep what finished; an analysis may attach its own partial section.
             partial = getattr(exc, "partial_section", None)
@@ -98,17 +98,26 @@ def run_plan(ctx: AuditContext, plan: Plan) -> tuple[dict[str, Any], dict[str, f
     return sections, timings
 
 
-def sha256_of(path: str | None) -> str | None:
-    import hashlib
-    import os
+def _run_one(ctx: AuditContext, analysis: Analysis, options: Any) -> dict[str, Any]:
+    """One analysis; under torchrun a whole-model analysis runs on rank 0 and is broadcast."""
+    shard = ctx.shard
+    if shard is None or not shard.active or analysis.sharded:
+        return analysis.run(ctx, options)
+    from robaudit import dist
 
-    if not path or not os.path.isfile(path):
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    if shard.leader:
+        before = dict(ctx.cache)
+        try:
+            section = analysis.run(ctx, options)
+        except Exception as exc:
+            dist.broadcast(shard, dist.failure(shard, exc))
+            raise
+        new_cache = {k: v for k, v in ctx.cache.items() if k not in before or before[k] is not v}
+        dist.broadcast(shard, (section, new_cache))
+        return section
+    section, new_cache = dist.broadcast(shard, None)
+    ctx.cache.update(new_cache)
+    return section
 
 
 __all__ = ["Plan", "build_context", "run_plan", "load_model_for", "load_data_for"]

@@ -52,6 +52,8 @@ class AuditContext:
         progress: ``progress(description, total)`` → context manager with ``advance(n)``.
         warn: ``warn(message)`` for diagnostics (stderr in the CLI).
         cache: results shared between analyses within one run.
+        shard: this process' rank and world size under torchrun (a single process by default).
+        checkpoint: where finished rows are kept for a resumable run (``--checkpoint-dir``), or None.
     """
 
     model: "LoadedModel"
@@ -63,6 +65,8 @@ class AuditContext:
     progress: ProgressFactory = null_progress
     warn: Callable[[str], None] = lambda message: None
     cache: dict[str, Any] = field(default_factory=dict)
+    shard: Any = None
+    checkpoint: Any = None
 
     def require_data(self, analysis: str) -> "AuditData":
         from robaudit.errors import UsageError

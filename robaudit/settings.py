@@ -19,13 +19,14 @@ DEFAULTS: dict[str, Any] = {
     "unsafe_load": False, "data": None, "data_root": None, "split": "test", "limit": None,
     "indices": None, "batch_size": 128, "download": False, "device": "auto", "seed": 0,
     "dtype": "float32", "config": None, "output": None, "json": False, "markdown": None,
-    "plots": None, "quiet": False, "debug": False,
+    "plots": None, "quiet": False, "debug": False, "html": None, "wide": False,
+    "dist_backend": None, "checkpoint_dir": None, "checkpoint_every": 1,
 }
 
 # Keys of the common settings that may also be set in the YAML config.
 CONFIG_KEYS = ("model", "arch", "mean", "std", "input_shape", "select", "data", "data_root",
                "split", "limit", "indices", "batch_size", "device", "seed", "dtype",
-               "output", "markdown", "plots")
+               "output", "markdown", "plots", "html", "dist_backend", "checkpoint_dir", "checkpoint_every")
 
 
 def parse_floats(text: Any, flag: str) -> tuple[float, ...] | None:
@@ -81,8 +82,13 @@ class Settings:
     json: bool = False
     markdown: str | None = None
     plots: str | None = None
+    html: str | None = None
+    wide: bool = False
     quiet: bool = False
     config: str | None = None
+    dist_backend: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 1
 
 
 def build_settings(cli: Mapping[str, Any], file_settings: Mapping[str, Any],
@@ -123,10 +129,16 @@ def build_settings(cli: Mapping[str, Any], file_settings: Mapping[str, Any],
         seed = int(raw["seed"])
     except (TypeError, ValueError):
         raise UsageError(f"{src('seed')}: expected an integer, got {echo(raw['seed'])}") from None
-    for key in ("output", "markdown", "plots"):
+    for key in ("output", "markdown", "plots", "html"):
         if raw[key] is not None and str(raw[key]).strip() == "":
             raise UsageError(f"{src(key)}: expected a path, got an empty string")
     indices = parse_indices(raw["indices"], src("indices"))
+    backend = raw["dist_backend"]
+    if backend is not None and str(backend) not in ("gloo", "nccl", "mpi"):
+        raise UsageError(f"{src('dist_backend')}: expected gloo, nccl or mpi, got {echo(backend)}")
+    if raw["checkpoint_dir"] is not None and str(raw["checkpoint_dir"]).strip() == "":
+        raise UsageError(f"{src('checkpoint_dir')}: expected a directory, got an empty string")
+    every = _positive_int(raw["checkpoint_every"], src("checkpoint_every"))
     return Settings(
         model=raw["model"], arch=raw["arch"], mean=mean, std=std,
         input_shape=parse_shape(raw["input_shape"], src("input_shape")), select=raw["select"],
@@ -135,7 +147,11 @@ def build_settings(cli: Mapping[str, Any], file_settings: Mapping[str, Any],
         limit=limit, indices=indices, batch_size=batch_size,
         download=bool(raw["download"]), device=str(raw["device"]), seed=seed, dtype=dtype,
         output=raw["output"], json=bool(raw["json"]), markdown=raw["markdown"], plots=raw["plots"],
+        html=raw["html"], wide=bool(raw["wide"]),
         quiet=bool(raw["quiet"]), config=raw["config"],
+        dist_backend=None if backend is None else str(backend),
+        checkpoint_dir=None if raw["checkpoint_dir"] is None else str(raw["checkpoint_dir"]),
+        checkpoint_every=every,
     )
 
 

@@ -136,6 +136,9 @@ class Analysis:
         row: the frozen dataclass of one ``per_sample`` entry; the report schema of the
             section is generated from it (:mod:`robaudit.report.schema`).
         required: keys every section of this analysis has (also in the generated schema).
+        sharded: ``run`` streams its samples through :mod:`robaudit.analyses.runner`, so
+            under torchrun each rank computes a share; otherwise rank 0 runs it alone
+            and broadcasts the section.
     """
 
     name: str
@@ -153,6 +156,7 @@ class Analysis:
     aliases: Callable[[Mapping[str, Any]], dict[str, str]] | None = None
     row: type | None = None
     required: tuple[str, ...] = ()
+    sharded: bool = False
 
     @property
     def command_name(self) -> str:

@@ -335,6 +335,7 @@ ANALYSIS = Analysis(
     help="Per-sample Jacobian spectral and Frobenius norms (exact, power iteration, Lanczos, Hutchinson).",
     options=Options,
     row=Row,
+    sharded=True,
     required=("method", "summary", "n", "nonfinite"),
     run=run,
     render=render,

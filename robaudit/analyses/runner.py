@@ -63,26 +63,69 @@ def collect_rows(ctx: "AuditContext", label: str, compute: Callable[[Batch], Seq
                  description: str | None = None) -> list[Row]:
     """``compute`` over every batch, with progress; rows in dataset order.
 
+    Under torchrun this rank computes the batches it owns (``ordinal % world``)
+    and every rank receives all rows. With a checkpoint, finished batches are
+    loaded instead of computed, and this rank's rows are saved every K batches.
     On Ctrl-C the rows finished so far ride on the exception as ``partial_rows``.
     """
+    from robaudit.dist import SINGLE, all_gather, failure
     from robaudit.models.guard import preserved
 
     data = ctx.require_data(label)
-    rows: list[Row] = []
+    shard = ctx.shard or SINGLE
+    ckpt = ctx.checkpoint
+    done = ckpt.load(label, _row_type(label)) if ckpt is not None else {}
     total = len(data) if limit is None else min(limit, len(data))
-    with preserved(ctx.model.module, eval=True), ctx.progress(description or label, total) as task:
+    size = batch_size or ctx.batch_size
+    mine_total = sum(min(size, total - start) for k, start in enumerate(range(0, total, size)) if shard.owns(k))
+    mine: dict[int, list[Row]] = {}
+    unsaved = 0
+    with preserved(ctx.model.module, eval=True), ctx.progress(description or label, mine_total) as task:
         try:
-            for batch in batches(ctx, label, batch_size=batch_size, limit=limit):
+            for ordinal, batch in enumerate(batches(ctx, label, batch_size=size, limit=limit)):
+                if not shard.owns(ordinal):
+                    continue
+                n = int(batch.index.shape[0])
+                if ordinal in done and len(done[ordinal]) == n:
+                    mine[ordinal] = done[ordinal]
+                    task.advance(n)
+                    continue
                 out = list(compute(batch))
-                if len(out) != batch.index.shape[0]:
-                    raise RuntimeError(f"{label}: compute returned {len(out)} rows for a batch of "
-                                       f"{batch.index.shape[0]}")
-                rows.extend(out)
-                task.advance(len(out))
+                if len(out) != n:
+                    raise RuntimeError(f"{label}: compute returned {len(out)} rows for a batch of {n}")
+                mine[ordinal] = out
+                task.advance(n)
+                unsaved += 1
+                if ckpt is not None and unsaved >= ckpt.every:
+                    ckpt.save(label, shard.rank, mine)
+                    unsaved = 0
         except KeyboardInterrupt as exc:
-            exc.partial_rows = rows  # type: ignore[attr-defined]
+            if ckpt is not None and unsaved:
+                ckpt.save(label, shard.rank, mine)
+            exc.partial_rows = [r for k in sorted(mine) for r in mine[k]]  # type: ignore[attr-defined]
             raise
-    return rows
+        except Exception as exc:
+            if ckpt is not None and unsaved:
+                ckpt.save(label, shard.rank, mine)
+            if shard.active:  # tell the other ranks, so they stop instead of waiting for our rows
+                all_gather(shard, failure(shard, exc))
+            raise
+    if ckpt is not None and unsaved:
+        ckpt.save(label, shard.rank, mine)
+    merged: dict[int, list[Row]] = {}
+    for part in all_gather(shard, mine):
+        merged.update(part)
+    return [r for k in sorted(merged) for r in merged[k]]
+
+
+def _row_type(label: str) -> type | None:
+    from robaudit import analyses
+    from robaudit.errors import UsageError
+
+    try:
+        return analyses.get(label).row
+    except UsageError:
+        return None
 
 
 def run_rows(ctx: "AuditContext", label: str, compute: Callable[[Batch], Sequence[Row]],

@@ -283,6 +283,7 @@ ANALYSIS = Analysis(
     help="Per-sample singular spectra of the Jacobian; alignment of ℓ2 PGD perturbations with singular vectors.",
     options=Options,
     row=Row,
+    sharded=True,
     required=("n", "spectrum", "alignment", "summary", "nonfinite"),
     run=run,
     render=render,

@@ -22,6 +22,7 @@ MODEL_ARG = inspect.Parameter(
             help="Model file (.pt/.pth/.th checkpoint or state_dict, TorchScript, .onnx). "
             "Default: 'model:' in --config or ./robaudit.yaml, else the embedded sample LeNet.",
             show_default=False,
+            metavar="MODEL",
         ),
     ],
 )
@@ -55,6 +56,11 @@ COMMON: dict[str, tuple[Any, Any]] = {
     "json": (bool, typer.Option("--json", help="Print the JSON report to stdout instead of tables.", rich_help_panel=_O)),
     "markdown": (Optional[str], typer.Option("--markdown", help="Write a Markdown summary to FILE (for CI job summaries).", rich_help_panel=_O)),
     "plots": (Optional[str], typer.Option("--plots", help="Write PNG plots into DIR.", rich_help_panel=_O)),
+    "dist_backend": (Optional[str], typer.Option("--dist-backend", help="torch.distributed backend under torchrun: gloo, nccl or mpi [default: nccl on CUDA, else gloo].", rich_help_panel=_R)),
+    "checkpoint_dir": (Optional[str], typer.Option("--checkpoint-dir", metavar="DIR", help="Keep finished per-sample rows in DIR; a run started again with the same arguments and DIR resumes where it stopped.", rich_help_panel=_R)),
+    "checkpoint_every": (Optional[int], typer.Option("--checkpoint-every", metavar="K", help="Save finished rows to --checkpoint-dir every K batches [default: 1].", rich_help_panel=_R)),
+    "html": (Optional[str], typer.Option("--html", help="Write a self-contained HTML report (tables, gate, embedded plots) to FILE.", rich_help_panel=_O)),
+    "wide": (bool, typer.Option("--wide", help="Show every table column even when the terminal is narrower (lines may wrap).", rich_help_panel=_O)),
     "quiet": (bool, typer.Option("--quiet", "-q", help="No progress bars or notes on stderr.", rich_help_panel=_O)),
     "debug": (bool, typer.Option("--debug", help="Show tracebacks on errors.", rich_help_panel=_O)),
 }
@@ -62,11 +68,22 @@ COMMON: dict[str, tuple[Any, Any]] = {
 from robaudit.settings import CONFIG_KEYS, DEFAULTS  # noqa: E402,F401  (defaults live below the CLI)
 
 
+# --help names value types people know (Typer would print <str>, <int>, <bool>).
+METAVARS: dict[str, str] = {
+    "arch": "NAME", "mean": "LIST", "std": "LIST", "input_shape": "C,H,W", "select": "KEY", "data": "NAME|PATH",
+    "data_root": "DIR", "split": "test|train", "limit": "INT", "indices": "LIST", "batch_size": "INT",
+    "device": "DEVICE", "seed": "INT", "dtype": "float32|float64", "config": "PATH", "output": "FILE",
+    "markdown": "FILE", "plots": "DIR", "html": "FILE", "dist_backend": "gloo|nccl|mpi",
+}
+
+
 def parameters(names: list[str] | None = None) -> list[inspect.Parameter]:
     """inspect.Parameters for the common options (all of them by default)."""
     out = []
     for name in names or list(COMMON):
         typ, option = COMMON[name]
+        if option.metavar is None:
+            option.metavar = "" if typ is bool else METAVARS.get(name)  # a switch takes no value
         default = False if typ is bool else None
         out.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                      annotation=Annotated[typ, option]))

@@ -56,14 +56,65 @@ def execute(*, command: str, names: list[str], cli_settings: Mapping[str, Any],
 
         check_known(thresholds, [analysis for analysis, _ in plan.steps])
     check_output_paths(settings, plan)
-    diag = Diagnostics(quiet=settings.quiet)
+    from robaudit import dist
+
+    shard = dist.detect()
+    # ranks other than 0 are silent apart from errors (which name their rank)
+    diag = Diagnostics(quiet=settings.quiet or not shard.leader)
     if settings.unsafe_load:
         diag.warn("--unsafe-load: unpickling a full module runs code from the file; use only files you trust")
 
     from robaudit.audit import build_context, run_plan
     from robaudit.report.build import make_report
 
+    settings = _rank_device(settings, shard)
+    dist.init(shard, backend=settings.dist_backend, device_kind=settings.device.split(":")[0])
+    try:
+        return _execute(command, settings, plan, thresholds, diag, shard, build_context, run_plan, make_report)
+    finally:
+        dist.shutdown()
+
+
+def _rank_device(settings, shard):
+    """Under torchrun each rank uses cuda:LOCAL_RANK when CUDA is there and the device allows it."""
+    import dataclasses
+
+    if not shard.active or settings.device not in ("auto", "cuda"):
+        return settings
+    import torch
+
+    if torch.cuda.is_available():
+        return dataclasses.replace(settings, device=f"cuda:{shard.local_rank}")
+    return settings
+
+
+def fingerprint(settings, plan, model_sha: str | None) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote the checkpoint."""
+    import dataclasses
+    import json
+
+    keep = ("model", "arch", "mean", "std", "input_shape", "select", "data", "data_root", "split", "limit",
+            "indices", "batch_size", "device", "seed", "dtype")
+    out: dict[str, Any] = {k: getattr(settings, k) for k in keep}
+    out["model_sha256"] = model_sha
+    for analysis, options in plan.steps:
+        out[f"analyses.{analysis.name}"] = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    return json.loads(json.dumps(out, default=lambda v: getattr(v, "value", str(v))))
+
+
+def _execute(command, settings, plan, thresholds, diag, shard, build_context, run_plan, make_report) -> int:
+    from robaudit import dist
+
     ctx = build_context(settings, plan, progress=diag.progress, warn=diag.warn)
+    ctx.shard = shard
+    if settings.checkpoint_dir:
+        ctx.checkpoint = dist.Checkpoint(settings.checkpoint_dir, fingerprint(settings, plan, ctx.model.sha256),
+                                         every=settings.checkpoint_every)
+        if shard.leader:
+            ctx.checkpoint.open()
+        dist.all_gather(shard, None)  # the others wait until rank 0 has checked the directory
+        if not shard.leader:
+            ctx.checkpoint.open()
     complete, interrupted = True, False
     try:
         sections, timings = run_plan(ctx, plan)
@@ -74,8 +125,11 @@ def execute(*, command: str, names: list[str], cli_settings: Mapping[str, Any],
         sections, timings = partial
         complete, interrupted = False, True
         diag.warn("interrupted: writing the finished part of the report, marked incomplete")
+    if not shard.leader:  # rank 0 alone writes, prints and gates
+        return 130 if interrupted else 0
     report = make_report(command=command, ctx=ctx, settings=settings, sections=sections, timings=timings,
                          warnings=diag.warnings, complete=complete)
+    report["environment"]["world_size"] = shard.world_size
     if thresholds:
         report["gate"] = gate_of(report, thresholds, interrupted=interrupted)
     emit(report, settings, plan, diag)
@@ -155,9 +209,8 @@ def emit(report: dict[str, Any], settings, plan, diag: Diagnostics) -> None:
             diag.note(f"plot written to {path}")
 
 
-def print_report(report: dict[str, Any]) -> None:
-    from robaudit.report.terminal import render_report
+def print_report(report: dict[str, Any], *, wide: bool = False) -> None:
+    """The report's tables on stdout: never cut (compact at a narrow terminal unless ``wide``)."""
+    from robaudit.report.terminal import print_renderables, render_report
 
-    console = stdout_console()
-    for renderable in render_report(report):
-        console.print(renderable)
+    print_renderables(render_report(report), stdout_console(), wide=wide)
