@@ -24,8 +24,19 @@ class Normalize(nn.Module):
             raise ModelLoadError(f"--mean has {len(mean)} values but --std has {len(std)}")
         if any(s <= 0 for s in std):
             raise ModelLoadError(f"--std: expected positive values, got {list(std)}")
+        self._values = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        # A cast to float64 rebuilds the buffers from the exact values, not from their float32 rounding,
+        # so --dtype float64 is float64 end to end.
+        out = super()._apply(fn, recurse)
+        if self.mean.dtype == torch.float64:
+            mean, std = self._values
+            self.mean = torch.tensor(mean, dtype=torch.float64, device=self.mean.device).view(1, -1, 1, 1)
+            self.std = torch.tensor(std, dtype=torch.float64, device=self.std.device).view(1, -1, 1, 1)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
