@@ -18,6 +18,16 @@ from robaudit.errors import UsageError
 
 # Largest number of classes for which the exact Jacobian is the default (C VJPs per sample).
 EXACT_MAX_CLASSES = 64
+# Default relative residual tolerance of the iterative solvers (see robaudit/linalg/tol.py for why).
+TOL_FLOAT64 = 1e-10
+TOL_FLOAT32 = 1e-5
+
+
+def default_tol(dtype: Any) -> float:
+    """Relative residual tolerance for ``dtype`` (a torch dtype or its name, e.g. "float64")."""
+    return TOL_FLOAT64 if str(dtype).removeprefix("torch.") == "float64" else TOL_FLOAT32
+
+
 # Longest user value echoed back in an error message.
 ECHO_LIMIT = 80
 
@@ -166,3 +176,47 @@ class CurvatureMethod(str, enum.Enum):
     LANCZOS = "lanczos"
     POWER = "power"
     EXACT = "exact"
+
+
+class Ints:
+    """Option kind: a tuple of integers, written as '3,7', a repeated flag, or a YAML list."""
+
+
+def parse_ints(value: Any, where: str) -> tuple[int, ...]:
+    """'3,7', ['3', '7,9'] or [3, 7] → (3, 7[, 9]); at least one value; UsageError naming ``where``."""
+    parts = list(value) if isinstance(value, (list, tuple)) else [value]
+    out: list[int] = []
+    for part in parts:
+        if isinstance(part, bool) or (isinstance(part, float) and not part.is_integer()):
+            raise UsageError(f"{where}: expected integers such as 3,7, got {echo(value)}")
+        texts = [part] if isinstance(part, (int, float)) else [s for s in str(part).replace(" ", "").split(",") if s]
+        for text in texts:
+            try:
+                out.append(int(text))
+            except (TypeError, ValueError):
+                raise UsageError(f"{where}: expected integers such as 3,7, got {echo(value)}") from None
+    if not out:
+        raise UsageError(f"{where}: expected integers such as 3,7, got {echo(value)}")
+    return tuple(out)
+
+
+class AttackBattery(str, enum.Enum):
+    """A preset battery of attacks (robaudit.attacks.registry.BATTERIES)."""
+
+    QUICK = "quick"
+    STANDARD = "standard"
+    FULL = "full"
+
+
+class Pruning(str, enum.Enum):
+    """Which samples an attack battery skips (robaudit.attacks.battery).
+
+    CASCADE: skip misclassified samples, samples the same attack broke at a smaller
+    eps, and samples an earlier attack of the battery broke (AutoAttack's rule).
+    PER_ATTACK: only the first two (each attack's own numbers stay exact).
+    EXHAUSTIVE: attack every sample at every eps.
+    """
+
+    CASCADE = "cascade"
+    PER_ATTACK = "per-attack"
+    EXHAUSTIVE = "exhaustive"

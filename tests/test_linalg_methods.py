@@ -145,7 +145,7 @@ def test_lanczos_topk_matches_dense(case):
     lz = top_singular(JacobianOperator(model, x), k=k, iters=100, tol=1e-8, generator=gen, return_vectors=True)
     assert lz.converged.all()
     torch.testing.assert_close(lz.sigma, sv[:, :k], rtol=RTOL, atol=0)
-    assert (lz.error <= 1e-8).all()
+    assert (lz.error_bound <= 1e-8).all()
     assert (lz.sigma <= sv[:, :k] * (1 + 1e-10)).all()  # Ritz values are lower bounds
 
 

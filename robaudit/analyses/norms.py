@@ -19,7 +19,7 @@ from rich.text import Text
 
 from robaudit.analyses.base import Analysis, Metric, opt
 from robaudit.errors import UsageError
-from robaudit.kinds import EXACT_MAX_CLASSES, Better, FrobeniusMethod, JacTarget, NormMethod
+from robaudit.kinds import EXACT_MAX_CLASSES, Better, default_tol, FrobeniusMethod, JacTarget, NormMethod
 from robaudit.numfmt import fmt
 from robaudit.stats import summary as summarize
 
@@ -86,6 +86,7 @@ class Row:
     iterations: int
     converged: bool
     frobenius_stderr: float | None
+    error_bound: float | None
 
 
 def plan(options: Options, *, num_classes: int, input_dim: int, batch_size: int, itemsize: int,
@@ -132,7 +133,7 @@ def plan(options: Options, *, num_classes: int, input_dim: int, batch_size: int,
         if method is NormMethod.LANCZOS:
             iters = min(iters, rank if c <= d else d)
             iters = max(iters, top_k)
-        tol = options.tol if options.tol is not None else (1e-10 if float64 else 1e-5)
+        tol = options.tol if options.tol is not None else default_tol("float64" if float64 else "float32")
     n_proj = (options.n_proj or DEFAULT_N_PROJ) if frob is FrobeniusMethod.HUTCHINSON else None
     rows_per_pass = batch_size
     if method is NormMethod.EXACT or frob is FrobeniusMethod.EXACT:
@@ -168,7 +169,8 @@ def compute_rows(model, batch: "Batch", p: NormsPlan, *, num_classes: int, seed:
                             top_k=[_finite(float(v)) for v in res.top_k[i].tolist()],
                             stable_rank=_finite(float(res.stable_rank[i])), iterations=int(res.iterations[i]),
                             converged=bool(res.converged[i]),
-                            frobenius_stderr=_finite(float(res.frobenius_stderr[i])) if hutch else None))
+                            frobenius_stderr=_finite(float(res.frobenius_stderr[i])) if hutch else None,
+                            error_bound=_finite(float(res.error_bound[i]))))
     return rows
 
 
@@ -243,7 +245,10 @@ def summarise(rows: list[Row], p: NormsPlan, options: Options, ctx: "AuditContex
         "summary": stats(rows), "per_class": per_class, "worst": worst,
         "accuracy": (sum(1 for r in rows if r.pred == r.label) / n) if n else None,
         "convergence": {"not_converged": not_conv, "mean_iterations": (sum(iters) / n) if n else None,
-                        "max_iterations": max(iters) if n else None},
+                        "max_iterations": max(iters) if n else None,
+                        # σ_max lies in [σ, σ·(1 + bound)]: the residual bound, not a step change
+                        "max_error_bound": max((r.error_bound for r in rows if r.error_bound is not None),
+                                               default=None)},
         "nonfinite": nonfinite,
         "skip_nonfinite": options.skip_nonfinite,
     }
@@ -303,7 +308,8 @@ def render(section: Mapping[str, Any]) -> list:
                         f"iterations (tol {section.get('tol')}); their σ is a lower bound", style="yellow"))
     elif method in ("power", "lanczos") and conv.get("mean_iterations") is not None:
         out.append(Text(f"{method}: all converged, mean {conv['mean_iterations']:.1f} / max {conv['max_iterations']} "
-                        f"iterations (tol {section.get('tol')})", style="dim"))
+                        f"iterations (tol {section.get('tol')}; relative error bound ≤ "
+                        f"{fmt(conv.get('max_error_bound'))})", style="dim"))
     nonfinite = section.get("nonfinite") or []
     if nonfinite:
         shown = ", ".join(str(i) for i in nonfinite[:10]) + (" …" if len(nonfinite) > 10 else "")
@@ -330,6 +336,59 @@ def metrics(section: Mapping[str, Any]) -> dict[str, Metric]:
     return out
 
 
+def plot(section: Mapping[str, Any], path: str) -> None:
+    """Histograms of σ_max and ‖J‖_F, one outline per class (true label), from ``per_sample``.
+
+    Without per-sample rows (``--no-per-sample``) the per-class mean, p95 and max are drawn instead.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_class = section.get("per_class") or {}
+    rows = section.get("per_sample") or []
+    labels = sorted(per_class, key=int)
+
+    def name(label: str) -> str:
+        entry = per_class.get(label) or {}
+        return f"{label} {entry['name']}" if entry.get("name") else str(label)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    try:
+        cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+        for ax, key, title in ((axes[0], "spectral", "spectral norm σ_max(J)"),
+                               (axes[1], "frobenius", "Frobenius norm ‖J‖_F")):
+            if rows:
+                values = [r[key] for r in rows if r.get(key) is not None]
+                if values:
+                    lo, hi = min(values), max(values)
+                    nb = min(30, max(8, len(values) // 25))
+                    bins = [lo + (hi - lo) * i / nb for i in range(nb + 1)] if hi > lo else nb
+                    for k, label in enumerate(labels):
+                        vals = [r[key] for r in rows if str(r.get("label")) == label and r.get(key) is not None]
+                        if vals:  # outlines, so ten classes stay readable on one axis
+                            ax.hist(vals, bins=bins, histtype="step", linewidth=1.4, color=cmap(k % cmap.N),
+                                    label=name(label))
+                ax.set_ylabel("samples")
+            else:
+                xs = list(range(len(labels)))
+                for stat, marker in (("mean", "o"), ("p95", "^"), ("max", "v")):
+                    ys = [((per_class[lb].get(key) or {}).get(stat)) for lb in labels]
+                    ax.plot(xs, [float("nan") if y is None else y for y in ys], marker=marker, linestyle="", label=stat)
+                ax.set_xticks(xs, [name(lb) for lb in labels], rotation=45, ha="right", fontsize=7)
+                ax.set_ylabel(title)
+            ax.set_xlabel(title)
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=7, title="true class" if rows else None, title_fontsize=7)
+        fig.suptitle(f"norms: Jacobian of the {section.get('target', 'logits')}, n={section.get('n')}, "
+                     f"σ by {section.get('method')}", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
 ANALYSIS = Analysis(
     name="norms",
     help="Per-sample Jacobian spectral and Frobenius norms (exact, power iteration, Lanczos, Hutchinson).",
@@ -340,6 +399,7 @@ ANALYSIS = Analysis(
     run=run,
     render=render,
     metrics=metrics,
+    plot=plot,
     profiles={"quick": {"method": "exact", "top_k": 1}, "standard": {}, "full": {}},
     metric_patterns=(r"norms\.(spectral|frobenius)\.(mean|median|p95|max)", r"norms\.stable_rank\.mean",
                      r"norms\.nonfinite"),

@@ -1,4 +1,5 @@
-"""Model-agnostic numerics for per-sample Jacobians: products, exact, power, Lanczos, Hutchinson.
+"""Model-agnostic numerics for per-sample Jacobians and input Hessians: products, exact, power, Lanczos,
+Hutchinson, Hessian-vector products.
 
 Usage as a library::
 
@@ -7,9 +8,17 @@ Usage as a library::
     op = JacobianOperator(model, x)            # one forward pass, (B, C) outputs
     res = exact(op)                            # res.spectral, res.frobenius, res.singular_values
     sig = sigma_max(model, x)                  # (B,) exact σ_max of the logit Jacobians
+    hop = HessianOperator(model, x, y, "margin")  # input Hessians of z_y − z_t, by HVPs
+    top_eigenvalues(hop, k=3).eigenvalues         # (B, 3), largest |λ| first, with sign
+
+    # training: keep the graph, so a loss on σ backpropagates to the parameters
+    op = JacobianOperator(model, x, create_graph=True)
+    loss = power_iteration(op, iters=1, differentiable=True).sigma.square().mean()
 
 Every solver returns a small frozen dataclass of tensors saying what it
-converged to and how (iterations, converged flag, residual or error estimate).
+converged to and how: iterations, a ``converged`` flag that means the
+residual-based ``error_bound`` is within the tolerance, and the bound itself.
+The one default tolerance is :func:`default_tol` (1e-10 in float64, 1e-5 otherwise).
 """
 
 from __future__ import annotations
@@ -20,24 +29,21 @@ import torch
 from torch import nn
 
 from robaudit.errors import ModelLoadError
+from robaudit.kinds import EXACT_MAX_CLASSES
 from robaudit.linalg.exact import (ExactResult, batch_rows_for_budget, exact, jacobian, right_singular,
                                     singular_values_of)
+from robaudit.linalg.hessian import CurvatureResult, HessianOperator, HvpMode, classify_activations, top_eigenvalues
 from robaudit.linalg.hutchinson import HutchinsonResult, hutchinson
-from robaudit.linalg.lanczos import LanczosResult, TopSingular, lanczos, top_singular
-from robaudit.linalg.power import PowerResult, power_iteration
+from robaudit.linalg.lanczos import LanczosResult, TopSingular, Which, lanczos, top_singular
+from robaudit.linalg.power import EigenPower, PowerResult, power_iteration, power_method
 from robaudit.linalg.products import JacobianOperator, JvpMode, Target, apply_target, eval_mode
+from robaudit.linalg.tol import default_tol
 
-# Largest number of classes for which the exact Jacobian is the default.
-EXACT_MAX_CLASSES = 64
+# EXACT_MAX_CLASSES (largest C for which the exact Jacobian is the default) lives in robaudit.kinds (torch-free).
 # Samples per Lanczos batch in sigma_max (bounds the retained graph and the Lanczos basis).
 LANCZOS_ROWS = 32
 # Samples per exact batch in sigma_max (bounds the retained forward graph).
 EXACT_ROWS = 512
-
-
-def default_tol(dtype: torch.dtype) -> float:
-    """A relative tolerance the iterative solvers can reach in ``dtype``."""
-    return 1e-10 if dtype == torch.float64 else 1e-5
 
 
 def sigma_max(model: nn.Module, x: torch.Tensor, *, target: Target | str = Target.LOGITS,
@@ -76,8 +82,7 @@ def sigma_max(model: nn.Module, x: torch.Tensor, *, target: Target | str = Targe
             if c <= EXACT_MAX_CLASSES:
                 sig = exact(op).spectral
             else:
-                sig = top_singular(op, k=1, iters=max_iters,
-                                   tol=tol if tol is not None else default_tol(x.dtype)).spectral
+                sig = top_singular(op, k=1, iters=max_iters, tol=tol).spectral
             op.release()
             out.append(sig.to(x.dtype))
     return torch.cat(out)
@@ -86,8 +91,9 @@ def sigma_max(model: nn.Module, x: torch.Tensor, *, target: Target | str = Targe
 __all__ = [
     "JacobianOperator", "JvpMode", "Target", "apply_target", "eval_mode",
     "ExactResult", "exact", "jacobian", "singular_values_of", "right_singular", "batch_rows_for_budget",
-    "PowerResult", "power_iteration",
-    "LanczosResult", "TopSingular", "lanczos", "top_singular",
+    "EigenPower", "PowerResult", "power_method", "power_iteration",
+    "LanczosResult", "TopSingular", "Which", "lanczos", "top_singular",
     "HutchinsonResult", "hutchinson",
+    "HessianOperator", "HvpMode", "CurvatureResult", "top_eigenvalues", "classify_activations",
     "sigma_max", "default_tol", "EXACT_MAX_CLASSES",
 ]

@@ -10,6 +10,12 @@ Forward mode (``torch.func.jvp``) is used where the model supports it. Graphs
 with ops lacking a forward-mode formula (e.g. some onnx2torch conversions) fall
 back to the double-backward trick: g(u) = Jᵀu is linear in u, so the VJP of g
 with respect to u is Jv. The failure is detected once per module and remembered.
+
+``create_graph=True`` is the training mode (used by :mod:`robaudit.regularizers`):
+the same products keep their autograd graph, so a loss built on Jv or Jᵀu
+backpropagates to the model's parameters (double backpropagation, Hoffman et al.
+2019 Sec. 2; Johansson et al. 2022 Alg. 1). Measurement mode (the default)
+detaches every product, so no graph grows across iterations.
 """
 
 from __future__ import annotations
@@ -92,6 +98,9 @@ class JacobianOperator:
         x: inputs (B, *input); not modified.
         target: differentiate logits, softmax probabilities or log-probabilities.
         mode: ``auto`` tries forward mode once and falls back to double backward.
+        create_graph: keep the autograd graph of every product (for training losses);
+            products may then also take vectors that carry a graph (e.g. power-iteration
+            iterates). Default False: products are detached (measurement).
 
     Shapes:
         ``vjp(U)``: U (B, C) → (B, D) with D = prod(input);
@@ -101,8 +110,10 @@ class JacobianOperator:
     """
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                 target: Target | str = Target.LOGITS, mode: JvpMode | str = JvpMode.AUTO) -> None:
+                 target: Target | str = Target.LOGITS, mode: JvpMode | str = JvpMode.AUTO,
+                 create_graph: bool = False) -> None:
         self.model = model
+        self.create_graph = bool(create_graph)
         self.target = Target.parse(target)
         self.mode = JvpMode(mode)
         self.batch = int(x.shape[0])
@@ -124,33 +135,50 @@ class JacobianOperator:
         """The (detached) outputs at x, (B, C)."""
         return self.output.detach()
 
+    @property
+    def output_with_graph(self) -> torch.Tensor:
+        """The outputs at x with their graph (B, C): lets a training loss share this forward pass."""
+        return self.output
+
     def _f(self, x: torch.Tensor) -> torch.Tensor:
         return apply_target(self.model(x), self.target)
 
-    def vjp(self, u: torch.Tensor) -> torch.Tensor:
-        """Jᵢᵀuᵢ for every sample: (B, C) → (B, D), one backward pass over the retained graph."""
+    def _keep(self, keep_graph: bool | None) -> bool:
+        return self.create_graph if keep_graph is None else (keep_graph and self.create_graph)
+
+    def vjp(self, u: torch.Tensor, *, keep_graph: bool | None = None) -> torch.Tensor:
+        """Jᵢᵀuᵢ for every sample: (B, C) → (B, D), one backward pass over the retained graph.
+
+        ``keep_graph=False`` detaches this product of a ``create_graph`` operator (e.g. the
+        search for a singular vector that a loss then treats as a constant).
+        """
         self.n_vjp += 1
+        keep = self._keep(keep_graph)
         with torch.enable_grad():
             (g,) = torch.autograd.grad(self.output, self.x, grad_outputs=u.to(self.output.dtype),
-                                       retain_graph=True, allow_unused=True)
+                                       retain_graph=True, create_graph=keep, allow_unused=True)
         if g is None:  # output does not depend on the input: J = 0
             return torch.zeros(self.batch, self.dim, dtype=self.x.dtype, device=self.x.device)
         return g.reshape(self.batch, -1)
 
-    def jvp(self, v: torch.Tensor) -> torch.Tensor:
-        """Jᵢvᵢ for every sample: (B, D) → (B, C)."""
+    def jvp(self, v: torch.Tensor, *, keep_graph: bool | None = None) -> torch.Tensor:
+        """Jᵢvᵢ for every sample: (B, D) → (B, C); ``keep_graph`` as in :meth:`vjp`."""
         self.n_jvp += 1
+        keep = self._keep(keep_graph)
         tangent = v.reshape(self.batch, *self.input_shape).to(self.x.dtype)
+        if not keep:
+            tangent = tangent.detach()
         if self.mode in (JvpMode.AUTO, JvpMode.FORWARD):
             try:
                 with warnings.catch_warnings():
                     # torch's forward-AD decompositions call the deprecated torch.jit.script on first use
                     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-                    with torch.no_grad():  # forward mode needs no backward graph
+                    # measurement needs no backward graph; training keeps it (to the parameters and v)
+                    with torch.enable_grad() if keep else torch.no_grad():
                         _, out = torch.func.jvp(self._f, (self.x.detach(),), (tangent,))
                 if self.mode is JvpMode.AUTO:
                     self.mode = JvpMode.FORWARD  # it worked once: keep using it
-                return out.detach()
+                return out if keep else out.detach()
             except Exception:
                 # Forward mode unsupported by some op (or by a functional transform of
                 # the graph). Remember it for this module and use double backward instead.
@@ -159,9 +187,9 @@ class JacobianOperator:
                 self.mode = JvpMode.DOUBLE_BACKWARD
                 if isinstance(self.model, nn.Module):
                     _NO_FORWARD_MODE.add(self.model)
-        return self._jvp_double_backward(tangent)
+        return self._jvp_double_backward(tangent, keep)
 
-    def _jvp_double_backward(self, tangent: torch.Tensor) -> torch.Tensor:
+    def _jvp_double_backward(self, tangent: torch.Tensor, keep: bool) -> torch.Tensor:
         # g(u) = J^T u is linear in u, so d<g(u), v>/du = J v. The graph of g is built once.
         with torch.enable_grad():
             if self._dual_g is None:
@@ -172,10 +200,10 @@ class JacobianOperator:
                     return torch.zeros(self.batch, self.num_outputs, dtype=self.x.dtype, device=self.x.device)
                 self._dual_g = g
             (jv,) = torch.autograd.grad(self._dual_g, self._dual_u, grad_outputs=tangent,
-                                        retain_graph=True, allow_unused=True)
+                                        retain_graph=True, create_graph=keep, allow_unused=True)
         if jv is None:
             return torch.zeros(self.batch, self.num_outputs, dtype=self.x.dtype, device=self.x.device)
-        return jv.detach()
+        return jv if keep else jv.detach()
 
     def gram(self, u: torch.Tensor) -> torch.Tensor:
         """Jᵢ Jᵢᵀ uᵢ: (B, C) → (B, C), one VJP and one JVP."""
