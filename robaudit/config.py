@@ -58,7 +58,7 @@ def field_kind(f: dataclasses.Field) -> Any:
 
 def coerce(value: Any, kind: Any, where: str) -> Any:
     """Convert a YAML/CLI value to ``kind`` (typed, once) or raise ConfigError naming ``where``."""
-    from robaudit.kinds import Fraction, Fractions, echo, parse_fraction, parse_fractions
+    from robaudit.kinds import Fraction, Fractions, Ints, echo, parse_fraction, parse_fractions, parse_ints
 
     if value is None:
         return None
@@ -66,6 +66,8 @@ def coerce(value: Any, kind: Any, where: str) -> Any:
         return parse_fraction(value, where)
     if kind is Fractions:
         return parse_fractions(value, where)
+    if kind is Ints:
+        return parse_ints(value, where)
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         if isinstance(value, kind):
             return value
@@ -197,7 +199,7 @@ def load_config(path: str | None, *, auto: bool = True) -> FileConfig:
     for raw_key, value in raw.items():
         key = _key(raw_key)
         if key not in valid:
-            raise unknown_key_error(path, clip(str(raw_key), 60), [k.replace("_", "-") for k in valid])
+            raise unknown_key_error(path, _cut(str(raw_key)), [k.replace("_", "-") for k in valid])
         if key in TOP_LEVEL_EXTRA:
             continue
         _check_setting(path, str(raw_key), key, value, clip)
@@ -225,7 +227,7 @@ def load_config(path: str | None, *, auto: bool = True) -> FileConfig:
     for raw_key, value in gate.items():
         key = _key(raw_key)
         if key not in GATE_KEYS:
-            raise unknown_key_error(f"{path}: gate", clip(str(raw_key), 60), list(GATE_KEYS))
+            raise unknown_key_error(f"{path}: gate", _cut(str(raw_key)), list(GATE_KEYS))
         if key == "fail_on_regression":
             parsed_gate[key] = coerce(value, float, f"{path}: gate.fail_on_regression")
             continue
@@ -236,6 +238,11 @@ def load_config(path: str | None, *, auto: bool = True) -> FileConfig:
     if profile is not None and not isinstance(profile, str):
         raise ConfigError(f"{path}: profile: expected a name, got {clip(profile)}")
     return FileConfig(str(p), settings, analyses, parsed_gate, profile, frozenset(settings))
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    """A key from the file, cut for a message (control characters are escaped when printed)."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _check_setting(path: str, raw_key: str, key: str, value: Any, clip: Any) -> None:

@@ -38,3 +38,7 @@ class UnsupportedLayerError(RobauditError):
 
 class NumericalError(RobauditError):
     """NaN/Inf or a failed numerical method: exit 3."""
+
+
+class AttackError(RobauditError):
+    """An attack raised while it ran (library failure): exit 3, the message names the attack."""

@@ -14,13 +14,41 @@ import typer
 
 from robaudit import __version__
 
+def _plain_type_names() -> None:
+    """Show value types in ``--help`` as people know them (TEXT, INT, FLOAT, LIST; nothing for a
+    switch) instead of Typer 0.2x's ``<str>``, ``<bool>``, ``<list[str]>``. Help text only: parsing
+    is untouched. Skipped when Typer has no such hook (older/newer versions print their own names).
+    """
+    try:
+        from typer.core import _TyperParameter
+    except ImportError:  # pragma: no cover
+        return
+    original = getattr(_TyperParameter, "display_type", None)
+    if original is None or getattr(original, "_robaudit", False):  # pragma: no cover
+        return
+    names = {"str": "TEXT", "int": "INT", "float": "FLOAT", "path": "PATH", "bool": ""}
+
+    def display_type(self, ctx):
+        if getattr(self, "is_flag", False):
+            return ""
+        label = str(original(self, ctx)).strip("<>")
+        if label.startswith("list["):
+            return names.get(label[5:-1], label[5:-1].upper()) + " (repeatable)"
+        return names.get(label, label.upper())
+
+    display_type._robaudit = True  # type: ignore[attr-defined]
+    _TyperParameter.display_type = display_type  # type: ignore[method-assign]
+
+
+_plain_type_names()
+
 app = typer.Typer(
     name="robaudit",
     help="Audit how stable a trained image classifier is to input perturbations.\n\n"
     "Every command works with no arguments on the embedded sample (a LeNet trained on "
     "Fashion-MNIST, and 1,000 Fashion-MNIST test images).",
     no_args_is_help=False,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -43,13 +71,18 @@ def _root(
         raise typer.Exit(0)
 
 
+_registered = False
+
+
 def _register() -> None:
-    from robaudit.cli import commands
+    """Add the commands (imports every analysis module) once, inside :func:`run`, so that an
+    interrupt or an import error there is mapped to an exit code like any other failure."""
+    global _registered
+    if not _registered:
+        from robaudit.cli import commands
 
-    commands.register(app)
-
-
-_register()
+        commands.register(app)
+        _registered = True
 
 
 def _debug_requested(argv: Sequence[str]) -> bool:
@@ -62,43 +95,154 @@ def main(argv: Sequence[str] | None = None) -> None:
     # OpenMP's busy-wait policy makes small LAPACK calls 10-100x slower on shared cores;
     # must be set before torch is imported (the user's own setting wins).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    sys.exit(run(argv))
+    try:
+        code = run(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first is being reported
+        code = 130
+    sys.exit(code)
 
 
 def run(argv: Sequence[str]) -> int:
-    """Run the CLI on ``argv`` and return the exit code (never raises, but SystemExit on --help)."""
+    """Run the CLI on ``argv`` and return the exit code; never raises.
+
+    The one place where exceptions become exit codes. ``--debug`` adds the traceback on
+    stderr and changes nothing else: the exit code is the same with and without it.
+    A closed stdout (``robaudit info | head -1``) does not change the exit code either:
+    the rest of the output is discarded and the command finishes (a gate result is never
+    lost to a broken pipe).
+    """
+    if _completion_requested(argv):
+        return _complete(argv)
+    debug = _debug_requested(argv)
+    guard = _PipeGuard(sys.stdout)
+    saved, sys.stdout = sys.stdout, guard  # type: ignore[assignment]
+    try:
+        code, exc = _invoke(argv)
+    finally:
+        sys.stdout = saved
+    if exc is not None:
+        if debug:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        _report(exc, code)
+    return code
+
+
+def _completion_requested(argv: Sequence[str]) -> bool:
+    """Shell completion: the shell calls us with _ROBAUDIT_COMPLETE set, or the user installs it."""
+    return bool(os.environ.get("_ROBAUDIT_COMPLETE")) or any(
+        a in ("--install-completion", "--show-completion") or a.startswith(("--install-completion=", "--show-completion="))
+        for a in argv)
+
+
+def _complete(argv: Sequence[str]) -> int:
+    """Let click answer the completion request; it ends with sys.exit, which here is expected."""
+    try:
+        app(args=list(argv), prog_name="robaudit")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    return 0
+
+
+def _invoke(argv: Sequence[str]) -> tuple[int, BaseException | None]:
+    """(exit code, the exception to report or None)."""
     from robaudit.errors import RobauditError
 
-    debug = _debug_requested(argv)
     exits, aborts, usage = _framework_exceptions()
     try:
+        _register()
         result = app(args=list(argv), prog_name="robaudit", standalone_mode=False)
     except exits as exc:
-        return int(getattr(exc, "exit_code", 0) or 0)
-    except aborts:
-        _error("interrupted")
-        return 130
+        return int(getattr(exc, "exit_code", 0) or 0), None
+    except aborts as exc:
+        # click turns KeyboardInterrupt *and* EOFError into Abort; only the first is an interrupt.
+        if isinstance(exc.__context__, EOFError):
+            return 3, exc.__context__
+        return 130, exc
     except usage as exc:  # bad flags, missing values: usage error
-        if debug:
-            raise
-        _error(exc.format_message() if hasattr(exc, "format_message") else str(exc),
-               hint=_usage_hint(exc))
-        return 2
+        return 2, exc
     except RobauditError as exc:
-        if debug:
-            raise
-        _error(str(exc))
-        return exc.exit_code
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
+        return exc.exit_code, exc
+    except KeyboardInterrupt as exc:
+        return 130, exc
+    except SystemExit as exc:
+        # Only robaudit's own code paths return exit codes; a SystemExit here came from the
+        # user's model or a library (e.g. sys.exit(0) in forward) and must not read as a pass.
+        return 3, exc
     except Exception as exc:  # a crash is never a pass (0) nor a gate failure (1)
-        if debug:
-            raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        _error(f"internal error: {type(exc).__name__}: {first} (run again with --debug for the traceback)")
-        return 3
-    return int(result or 0)
+        return 3, exc
+    return int(result or 0), None
+
+
+def _report(exc: BaseException, code: int) -> None:
+    """The one-line error message for ``exc`` (exit ``code``) on stderr."""
+    from robaudit.errors import RobauditError
+
+    if code == 130:
+        _error("interrupted")
+        return
+    _, _, usage = _framework_exceptions()
+    if isinstance(exc, usage):
+        _error(exc.format_message() if hasattr(exc, "format_message") else str(exc), hint=_usage_hint(exc))
+    elif isinstance(exc, RobauditError):
+        _error(str(exc))
+    elif isinstance(exc, SystemExit):
+        _error(f"the model or a library called sys.exit({exc.code!r}) while robaudit was running; "
+               "the audit could not run")
+    else:
+        _error(f"internal error: {type(exc).__name__}: {_first_line(exc)} (run again with --debug for the traceback)")
+
+
+def _first_line(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ itself fails
+        return ""
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""
+
+
+class _PipeGuard:
+    """sys.stdout stand-in that turns a broken pipe into "discard the rest of the output".
+
+    Python ignores SIGPIPE, so a reader that stops early (``| head -1``) makes the next write
+    raise BrokenPipeError. Raising would abort the command and lose its exit code; instead the
+    output is dropped and the command finishes. The real stdout fd is pointed at /dev/null so
+    the interpreter's final flush does not fail either.
+    """
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.broken = False
+
+    def _broke(self) -> None:
+        self.broken = True
+        try:
+            fd = self._inner.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass  # not a real file (pytest capture): nothing to flush at exit
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._inner.write(text)
+            except BrokenPipeError:
+                self._broke()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._inner.flush()
+            except BrokenPipeError:
+                self._broke()
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
 
 
 def _framework_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
@@ -137,12 +281,16 @@ def _usage_hint(exc: BaseException) -> str | None:
 
 
 def _error(message: str, hint: str | None = None) -> None:
-    from robaudit.cli.console import stderr_console
+    """``error: <message>`` on stderr: one line, capped in length, user text never read as markup."""
+    from robaudit.cli.console import clip_message, safe_text, stderr_console
 
-    text = f"[bold red]error:[/bold red] {message}"
+    text = clip_message(message)
     if hint:
         text += f" ({hint})"
-    stderr_console().print(text, highlight=False, soft_wrap=True)
+    try:
+        stderr_console().print(f"[bold red]error:[/bold red] {safe_text(text)}", highlight=False, soft_wrap=True)
+    except (BrokenPipeError, OSError):
+        pass  # stderr closed too: the exit code still tells
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def _display(value: Any) -> str:
     return str(value)
 
 
-_METAVARS = {bool: None, int: "INT", float: "FLOAT", str: "TEXT"}
+_METAVARS = {bool: "", int: "INT", float: "FLOAT", str: "TEXT"}  # a switch takes no value
 
 
 def analysis_parameters(analysis: Analysis) -> list[inspect.Parameter]:
@@ -47,7 +47,7 @@ def analysis_parameters(analysis: Analysis) -> list[inspect.Parameter]:
     ``Analysis.make_options``, the same code that validates the YAML config.
     """
     from robaudit.config import field_kind
-    from robaudit.kinds import Fraction, Fractions
+    from robaudit.kinds import Fraction, Fractions, Ints
 
     params = []
     for f in analysis.option_fields():
@@ -71,6 +71,8 @@ def analysis_parameters(analysis: Analysis) -> list[inspect.Parameter]:
             metavar = "FLOAT"
         elif kind is Fractions:
             metavar = "LIST"
+        elif kind is Ints:
+            metavar = "INTS"
         elif isinstance(kind, type) and issubclass(kind, enum.Enum):
             metavar = "|".join(m.value for m in kind).upper() if len(kind) <= 4 else "CHOICE"
         else:
@@ -79,6 +81,8 @@ def analysis_parameters(analysis: Analysis) -> list[inspect.Parameter]:
         option = typer.Option(*names, help=text, show_default=False, metavar=metavar,
                               rich_help_panel=f"{analysis.name} options")
         typ = bool if kind is bool else Optional[kind if kind in (int, float) else str]
+        if kind is Ints:  # repeatable: --index 3 --index 7 (each may also be a comma list)
+            typ = Optional[List[str]]
         params.append(inspect.Parameter(OPT_PREFIX + f.name, inspect.Parameter.KEYWORD_ONLY,
                                         default=False if kind is bool else None,
                                         annotation=Annotated[typ, option]))
@@ -113,9 +117,9 @@ def make_analysis_command(analysis: Analysis) -> Callable:
 
 GATE_FLAGS = [
     inspect.Parameter("fail_above", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Optional[List[str]], typer.Option("--fail-above", help="Fail (exit 1) when METRIC > VALUE. Repeatable, e.g. --fail-above lipschitz_upper=500.", rich_help_panel="Gate")]),
+        Optional[List[str]], typer.Option("--fail-above", metavar="METRIC=VALUE", help="Fail (exit 1) when METRIC > VALUE. Repeatable, e.g. --fail-above lipschitz_upper=500.", rich_help_panel="Gate")]),
     inspect.Parameter("fail_below", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Optional[List[str]], typer.Option("--fail-below", help="Fail (exit 1) when METRIC < VALUE. Repeatable, e.g. --fail-below 'attacks.worst_case@8/255=0.2'.", rich_help_panel="Gate")]),
+        Optional[List[str]], typer.Option("--fail-below", metavar="METRIC=VALUE", help="Fail (exit 1) when METRIC < VALUE. Repeatable, e.g. --fail-below 'attacks.worst_case@8/255=0.2'.", rich_help_panel="Gate")]),
 ]
 
 
@@ -124,6 +128,9 @@ def register(app: typer.Typer) -> None:
     from robaudit.cli import info as info_cmd
     from robaudit.cli import report_cmds
 
+    from robaudit.cli import init_cmd
+
+    app.command("init", help=init_cmd.HELP)(init_cmd.init)
     app.command("info", help=info_cmd.HELP)(info_cmd.info)
     for name in analyses.available():
         analysis = analyses.get(name)

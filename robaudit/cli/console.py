@@ -1,12 +1,82 @@
-"""Consoles: data to stdout, diagnostics to stderr."""
+"""Consoles: data to stdout, diagnostics to stderr; and the one way user text reaches them.
+
+Everything robaudit prints through Rich is markup. Text that robaudit did not write itself
+(paths, checkpoint meta, class names, any field of a report read from disk, exception
+messages) must pass through :func:`safe_text` first: it makes ``[/bold]`` print literally
+instead of raising ``MarkupError`` and turns terminal control sequences (ANSI escapes,
+carriage returns, bidi overrides) into visible ``\\x1b``-style text, so a report cannot
+drive the terminal.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 from rich.console import Console
+
+#: Longest user value echoed inside a message (one bad YAML value was once 39 MB long).
+CLIP = 200
+#: Longest error message the CLI prints (messages stay one line and readable).
+MAX_MESSAGE = 2000
+
+
+def strip_controls(text: Any, *, newlines: bool = False) -> str:
+    """``text`` as a str with control characters shown as ``\\xNN`` (never sent raw to a terminal).
+
+    Args:
+        newlines: keep ``\\n`` (multi-line text such as Markdown); otherwise newlines and tabs
+            become spaces, so a value stays on its line.
+    """
+    from robaudit.report.validate import show_controls
+
+    text = str(text)
+    if not newlines:
+        text = text.replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
+    return show_controls(text)
+
+
+def safe_text(s: Any) -> str:
+    """User text made safe for Rich markup: control characters shown as ``\\xNN`` and markup escaped.
+
+    Use for every value robaudit did not write itself before it goes into a markup string
+    or a table cell (Rich parses both as markup).
+    """
+    from rich.markup import escape
+
+    return escape(strip_controls(s))
+
+
+def clip(value: Any, limit: int = CLIP) -> str:
+    """``repr``-like text of ``value`` for a message, at most ~``limit`` characters (plus a count of the rest).
+
+    Never builds the full repr first: a YAML alias bomb's value expands to gigabytes.
+    """
+    if isinstance(value, str):
+        text = strip_controls(repr(value[:limit]))
+        return text if len(value) <= limit else f"{text}… ({len(value) - limit:,} more characters)"
+    text = strip_controls(_short_repr(value, limit))
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
+def _short_repr(value: Any, limit: int) -> str:
+    """repr of ``value`` without building a huge string first (a YAML alias bomb expands to GBs)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 16
+    r.maxlevel = 4
+    return r.repr(value)
+
+
+def clip_message(message: str, limit: int = MAX_MESSAGE) -> str:
+    """One line, at most ``limit`` characters."""
+    message = strip_controls(message)
+    if len(message) > limit:
+        message = f"{message[:limit]}… ({len(message) - limit:,} more characters)"
+    return message
 
 
 def _width() -> int | None:
@@ -15,15 +85,20 @@ def _width() -> int | None:
 
 
 def stdout_console() -> Console:
-    return Console(width=_width(), soft_wrap=False)
+    # emoji=False: ':smile:' in a path or class name is text, not an emoji code.
+    return Console(width=_width(), soft_wrap=False, emoji=False)
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, width=_width())
+    return Console(stderr=True, width=_width(), emoji=False)
 
 
 class Diagnostics:
-    """Warnings, notes and progress bars on stderr (silent with --quiet)."""
+    """Warnings, notes and progress bars on stderr (silent with --quiet).
+
+    Messages are plain text (they often hold paths and values from files): they are
+    escaped here, never interpreted as markup.
+    """
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
@@ -32,24 +107,29 @@ class Diagnostics:
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(f"[dim]{message}[/dim]", highlight=False)
+            self.console.print(f"[dim]{safe_text(message)}[/dim]", highlight=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
         if not self.quiet:
-            self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+            self.console.print(f"[yellow]warning:[/yellow] {safe_text(message)}", highlight=False, soft_wrap=True)
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int | None = None) -> Iterator["_Task"]:
-        if self.quiet:
+        # Without a terminal (CI logs, pipes) a live bar only prints blank lines: show nothing.
+        if self.quiet or not self.console.is_terminal:
             yield _Task(None, None)
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
 
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn()]
+        if total is None:  # one step of unknown length: a spinner and the time so far, never "0/?"
+            columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn()]
+        else:
+            columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
         with Progress(*columns, console=self.console, transient=True) as bar:
-            task = bar.add_task(description, total=total)
+            task = bar.add_task(safe_text(description), total=total)
             yield _Task(bar, task)
 
 

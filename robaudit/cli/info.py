@@ -34,16 +34,26 @@ def info(
     from robaudit.settings import build_settings
 
     if list_arch:
-        from robaudit.models.zoo import ZOO
+        from rich.table import Table
 
+        from robaudit.models.zoo import ZOO
+        from robaudit.report.terminal import print_renderables
+
+        table = Table(box=None, pad_edge=False, caption="normalisation: applied inside the adapted model to "
+                      "pixels in [0,1], unless the file's meta or --mean/--std say otherwise", caption_justify="left")
+        for col in ("arch", "input", "normalisation", "description"):
+            table.add_column(col, no_wrap=col in ("arch", "input"))
         for name, entry in ZOO.items():
-            stdout_console().print(f"{name:12s} {entry.help}", highlight=False)
+            norm = (f"mean {', '.join(f'{v:g}' for v in entry.mean)}; std {', '.join(f'{v:g}' for v in entry.std)}"
+                    if entry.mean is not None else "none")
+            table.add_row(name, "×".join(map(str, entry.input_shape)), norm, entry.help)
+        print_renderables([table], stdout_console())
         return 0
     typed = _typed_values(ctx, dict(model=model, arch=arch, mean=mean, std=std, input_shape=input_shape, select=select,
                                unsafe_load=unsafe_load, device=device, config=config, output=output, json=json,
                                quiet=quiet, debug=debug))
     cfg = load_config(typed.get("config"))
-    settings = build_settings(typed, cfg.settings)
+    settings = build_settings(typed, cfg.settings, cfg.path)
     diag = Diagnostics(quiet=settings.quiet)
     if settings.unsafe_load:
         diag.warn("--unsafe-load: unpickling a full module runs code from the file; use only files you trust")
@@ -51,8 +61,9 @@ def info(
     from robaudit.audit import load_model_for
     from robaudit.device import resolve_device
     from robaudit.models.summary import summarize
-    from robaudit.report.io import dumps, write_report
+    from robaudit.report.io import check_output_path, dumps, write_report
 
+    check_output_path(settings.output)  # a bad -o fails before the model is loaded
     loaded = load_model_for(settings, resolve_device(settings.device))
     summary = summarize(loaded)
     if settings.output:
@@ -66,37 +77,43 @@ def info(
     return 0
 
 
-
 def render_info(summary: dict[str, Any]) -> list:
+    """Rich renderables for a model summary; every value is escaped (paths, names and meta come from files)."""
     from rich.table import Table
+
+    from robaudit.cli.console import safe_text as t
 
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
     model = summary["model"]
-    grid.add_row("file", str(model.get("path") or "(embedded sample)"))
-    grid.add_row("format", str(model.get("format")))
+    grid.add_row("file", t(model.get("path") or "(embedded sample)"))
+    grid.add_row("format", t(model.get("format")))
     if model.get("arch"):
-        grid.add_row("arch", str(model["arch"]))
-    grid.add_row("classes", str(model.get("num_classes")))
-    grid.add_row("input", "×".join(str(s) for s in model.get("input_shape") or []) + " (pixels in [0,1])")
+        grid.add_row("arch", t(model["arch"]))
+    grid.add_row("classes", t(model.get("num_classes")))
+    if model.get("class_names"):
+        names = ", ".join(str(n) for n in model["class_names"][:12])
+        more = f", … +{len(model['class_names']) - 12} more" if len(model["class_names"]) > 12 else ""
+        grid.add_row("class names", t(names + more))
+    grid.add_row("input", t("×".join(str(s) for s in model.get("input_shape") or [])) + " (pixels in [0,1])")
     norm = "none" if not model.get("mean") else f"mean {model['mean']}, std {model['std']}"
-    grid.add_row("normalisation", norm)
+    grid.add_row("normalisation", t(norm))
     params = f"{model.get('parameters'):,}"
     if model.get("buffers"):
         # onnx2torch keeps some weights (e.g. Gemm/MatMul initialisers) as buffers.
         params += f" (+ {model['buffers']:,} values in buffers)"
     grid.add_row("parameters", params)
     if model.get("dataset"):
-        grid.add_row("dataset", str(model["dataset"]))
+        grid.add_row("dataset", t(model["dataset"]))
     if model.get("sha256"):
-        grid.add_row("sha256", str(model["sha256"]))
+        grid.add_row("sha256", t(model["sha256"]))
     table = Table(title="layers", title_justify="left")
     for col in ("name", "type", "input → output", "params"):
         table.add_column(col, justify="right" if col == "params" else "left")
     for layer in summary.get("layers", []):
         shapes = f"{_shape(layer.get('input_shape'))} → {_shape(layer.get('output_shape'))}"
-        table.add_row(layer["name"], layer["type"], shapes, f"{layer.get('parameters') or 0:,}")
+        table.add_row(t(layer["name"]), t(layer["type"]), t(shapes), f"{layer.get('parameters') or 0:,}")
     return [grid, table]
 
 

@@ -88,6 +88,37 @@ def _rank_device(settings, shard):
     return settings
 
 
+def check_model(ctx) -> None:
+    """Once, before any analysis: labels fit the model, logits are finite, and the input gradient is usable.
+
+    One forward and one backward pass on the first two samples (random inputs without data);
+    a model that fails here fails with one line and exit 3 instead of deep inside an analysis.
+    """
+    import torch
+
+    from robaudit.errors import ModelLoadError
+    from robaudit.models.checks import check_differentiable
+
+    if ctx.data is not None:
+        from robaudit.data import check_labels
+
+        check_labels(ctx.data, int(ctx.model.num_classes))
+        x = ctx.data.images(slice(0, 2), device=ctx.device, dtype=ctx.dtype)
+    else:
+        gen = torch.Generator().manual_seed(ctx.seed)
+        x = torch.rand(2, *ctx.model.input_shape, generator=gen).to(device=ctx.device, dtype=ctx.dtype)
+    from robaudit.models.guard import preserved
+
+    with preserved(ctx.model.module, eval=True):
+        with torch.no_grad():
+            logits = ctx.model.module(x)
+        if isinstance(logits, torch.Tensor) and logits.is_floating_point() and not torch.isfinite(logits).all():
+            where = "the first samples of the data" if ctx.data is not None else "random inputs"
+            raise ModelLoadError(f"the model's logits are non-finite (NaN/Inf) on {where}; nothing can be measured "
+                                 "on a model that outputs NaN or Inf")
+        check_differentiable(ctx.model.module, x, seed=ctx.seed)
+
+
 def fingerprint(settings, plan, model_sha: str | None) -> dict[str, Any]:
     """What a resumed run must share with the run that wrote the checkpoint."""
     import dataclasses
@@ -105,7 +136,8 @@ def fingerprint(settings, plan, model_sha: str | None) -> dict[str, Any]:
 def _execute(command, settings, plan, thresholds, diag, shard, build_context, run_plan, make_report) -> int:
     from robaudit import dist
 
-    ctx = build_context(settings, plan, progress=diag.progress, warn=diag.warn)
+    ctx = build_context(settings, plan, progress=diag.progress, warn=diag.warn, note=diag.note)
+    check_model(ctx)
     ctx.shard = shard
     if settings.checkpoint_dir:
         ctx.checkpoint = dist.Checkpoint(settings.checkpoint_dir, fingerprint(settings, plan, ctx.model.sha256),
@@ -156,7 +188,7 @@ def gate_of(report: dict[str, Any], thresholds: list, *, interrupted: bool = Fal
 
 def check_output_paths(settings, plan) -> None:
     """Refuse unusable output paths before any computation (nothing finished is lost later)."""
-    files = [("--output", settings.output), ("--markdown", settings.markdown)]
+    files = [("--output", settings.output), ("--markdown", settings.markdown), ("--html", getattr(settings, "html", None))]
     for analysis, options in plan.steps:
         if getattr(options, "plot", None):
             files.append((f"{analysis.name} --plot", options.plot))
@@ -188,15 +220,19 @@ def emit(report: dict[str, Any], settings, plan, diag: Diagnostics) -> None:
     if settings.json:
         stdout_console().file.write(dumps(report))
     else:
-        print_report(report)
+        print_report(report, wide=getattr(settings, "wide", False))
     if settings.markdown:
         from robaudit.report.markdown import to_markdown
 
-        write_text_atomic(settings.markdown, to_markdown(report))
+        write_text_atomic(settings.markdown, to_markdown(report), "--markdown")
         diag.note(f"Markdown summary written to {settings.markdown}")
     for analysis, options in plan.steps:
         section = report["analyses"].get(analysis.name)
-        if analysis.plot is None or section is None:
+        if section is None:
+            continue
+        if analysis.plot is None:
+            if settings.plots:  # --plots promises a plot per analysis: say why there is none
+                diag.note(f"--plots: {analysis.name} has nothing to plot")
             continue
         targets = []
         if getattr(options, "plot", None):
@@ -207,6 +243,11 @@ def emit(report: dict[str, Any], settings, plan, diag: Diagnostics) -> None:
         for path in targets:
             analysis.plot(section, path)
             diag.note(f"plot written to {path}")
+    if getattr(settings, "html", None):
+        from robaudit.report.html import to_html
+
+        write_text_atomic(settings.html, to_html(report), "--html")
+        diag.note(f"HTML report written to {settings.html}")
 
 
 def print_report(report: dict[str, Any], *, wide: bool = False) -> None:

@@ -18,8 +18,15 @@ def load_data(spec: str | None, **kwargs: Any) -> "AuditData":
     return _load(spec, **kwargs)
 
 
-def check_compatible(data: "AuditData", input_shape: Sequence[int]) -> None:
-    """DataError (exit 3) if the data's sample shape does not fit the model's input shape."""
+def check_compatible(data: "AuditData", input_shape: Sequence[int] | None, num_classes: int | None = None) -> None:
+    """DataError (exit 3) if the data's sample shape, or (with ``num_classes``) its labels, do not fit the model."""
     from robaudit.data.load import check_compatible as _check
 
-    _check(data, input_shape)
+    _check(data, input_shape, num_classes)
+
+
+def check_labels(data: "AuditData", num_classes: int) -> None:
+    """DataError (exit 3) if a label is not a class id of a ``num_classes``-class model (or -1, unknown)."""
+    from robaudit.data.load import check_labels as _check
+
+    _check(data, num_classes)

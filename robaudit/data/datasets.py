@@ -83,10 +83,14 @@ class IdxDataset:
     fallbacks: tuple[Path, ...] = ()  # system-wide copies tried after root
 
     def candidates(self, root: Path | None) -> list[Path]:
+        """Folders to search, in order: torchvision's root/<Folder>/raw, root/<folder>, then root itself
+        (the plain layout: the IDX files directly in --data-root; the user named the dataset, so
+        MNIST/Fashion-MNIST/KMNIST, which share file names, are not confused), then system copies."""
         dirs: list[Path] = []
         if root is not None:
             for d in _named_subdirs(root, norm_name(self.folder)):
                 dirs += [d / "raw", d]
+            dirs += [root, root / "raw"]
         return dirs + list(self.fallbacks)
 
     def fetch(self, root: str, split: str) -> None:
@@ -115,7 +119,8 @@ def load_idx_dataset(ds: IdxDataset, root: Path | None, split: str, download: bo
     images, labels = IDX_FILES[split]
     raise _not_found(ds.name, split, f"{images}[.gz], {labels}[.gz]",
                      looked or ([root] if root else []),
-                     f"put them in {root or 'DATA_ROOT'}/{ds.folder}/raw/ or add --download")
+                     f"put them in {root or 'DATA_ROOT'}/{ds.folder}/raw/ or directly in {root or 'DATA_ROOT'}/, "
+                     "or add --download")
 
 
 # --------------------------------------------------------------------------- CIFAR

@@ -12,6 +12,7 @@ and ``.pt`` with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import codecs
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -219,8 +220,26 @@ def _class_names(value: Any) -> list[str] | None:
     return None if value is None else [str(v) for v in list(value)]
 
 
+#: How far a compressed .npz may inflate beyond its size before it is refused as a zip bomb.
+MAX_INFLATION = 200
+
+
+def _check_inflation(path: Path) -> None:
+    """DataError if an archive's entries declare far more bytes than the file (checked before np.load)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # np.load reports it
+    size = os.path.getsize(path)
+    if declared > MAX_INFLATION * size + (64 << 20):
+        raise DataError(f"{path}: its arrays inflate to {declared:,} bytes from a {size:,}-byte file; "
+                        "refusing to load it (a zip bomb?)")
+
+
 def read_npz(path: Path) -> RawData:
     """``.npz`` with ``x``/``images`` and ``y``/``labels``, optional ``indices`` and ``class_names``."""
+    _check_inflation(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = list(z.files)
@@ -256,6 +275,13 @@ def read_pt(path: Path) -> RawData:
     ``class_names``) or a pair ``(x, y)``, loaded with ``torch.load(weights_only=True)``."""
     import torch
 
+    from robaudit.errors import ModelLoadError
+    from robaudit.models.load import check_torch_file
+
+    try:
+        check_torch_file(Path(path))  # no zip bomb / oversized legacy storages before torch allocates
+    except ModelLoadError as exc:
+        raise DataError(str(exc)) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError… for bad or unsafe files

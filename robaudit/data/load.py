@@ -26,6 +26,7 @@ from robaudit.data.datasets import DATASETS, norm_name
 from robaudit.data.formats import (CIFAR10, CIFAR100, RawData, cifar_files_present, find_idx_pair, is_image_folder,
                                    read_cifar, read_idx_pair, read_image_folder, read_npz, read_pt, read_svhn,
                                    svhn_file)
+from robaudit.data.indices import Indices, parse_indices
 from robaudit.data.types import AuditData
 from robaudit.errors import DataError, UsageError
 
@@ -63,8 +64,8 @@ def load_data(spec: str | None, *, root: str | None = None, split: str = "test",
         raise UsageError(f"--split: expected test or train, got {split!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit <= 0):
         raise UsageError(f"--limit: expected a positive integer, got {limit!r}")
-    if indices is not None and any(int(i) < 0 for i in indices):
-        raise UsageError(f"--indices: indices must be >= 0, got {min(int(i) for i in indices)}")
+    if indices is not None and not isinstance(indices, Indices):
+        indices = parse_indices(list(indices))  # also refuses negative indices
     root_path = Path(root).expanduser() if root else None
     name, raw, split_used = _read(spec, root_path, split, download)
     return _finalize(raw, name=name, split=split_used, limit=limit, indices=indices)
@@ -115,6 +116,8 @@ def _read_path(path: Path, split: str) -> tuple[RawData, str]:
             raise UsageError(f"--data: unsupported file type {path.suffix or '(none)'!r} for {path}; "
                              f"expected {', '.join(FILE_READERS)} or a folder")
         return reader(path), "-"  # a single file has no split
+    if not path.is_dir():  # a FIFO, socket or device: reading it could block forever
+        raise UsageError(f"--data: {path} is not a regular file or a folder")
     for folder in (path, path / "raw"):
         pair = find_idx_pair(folder, split)
         if pair is not None:
@@ -172,29 +175,41 @@ def _dataset_indices(indices: Any, n: int, where: str) -> np.ndarray:
     return idx
 
 
-def _select_rows(stored: np.ndarray, wanted: Sequence[int] | None, limit: int | None, label: str,
+def _select_rows(stored: np.ndarray, wanted: Indices | None, limit: int | None, label: str,
                  hint: str = "") -> np.ndarray:
-    """Row positions for the requested dataset indices (in the given order), then the first ``limit``."""
+    """Row positions for the requested dataset indices (in the given order), then the first ``limit``.
+
+    The largest requested index is checked against the dataset before the ranges are expanded,
+    so ``--indices 0:200000000`` fails at once instead of allocating gigabytes.
+    """
     n = len(stored)
     if wanted is None:
         rows = np.arange(n)
+        return rows[:limit] if limit is not None else rows
+    contiguous = n == 0 or (stored[0] == 0 and stored[-1] == n - 1 and bool(np.all(np.diff(stored) == 1)))
+    top = int(stored.max()) if n else -1
+    if wanted.largest > top:
+        bad = next(max(a, top + 1) for a, b in wanted.ranges if b - 1 > top)  # first one, in the order given
+        where = f"indices 0..{n - 1}" if contiguous else f"indices {int(stored.min())}..{top}"
+        raise UsageError(f"--indices: {bad} is out of range for {label} ({n} images, {where}){hint}")
+    if limit is not None:
+        # Only the first `limit` distinct indices are used: expand no more than needed.
+        chosen: dict[int, None] = {}
+        for i in wanted:
+            chosen.setdefault(i)
+            if len(chosen) >= limit:
+                break
+        wanted_list = list(chosen)
     else:
-        wanted = list(dict.fromkeys(int(i) for i in wanted))
-        contiguous = n == 0 or (stored[0] == 0 and stored[-1] == n - 1 and bool(np.all(np.diff(stored) == 1)))
-        if contiguous:
-            bad = [i for i in wanted if i >= n]
-            if bad:
-                raise UsageError(f"--indices: {bad[0]} is out of range for {label} "
-                                 f"({n} images, indices 0..{n - 1}){hint}")
-            rows = np.asarray(wanted, dtype=np.int64)
-        else:
-            position = {int(v): r for r, v in enumerate(stored)}
-            bad = [i for i in wanted if i not in position]
-            if bad:
-                raise UsageError(f"--indices: {bad[0]} is not a dataset index of {label} "
-                                 f"({n} images with indices {int(stored.min())}..{int(stored.max())})")
-            rows = np.asarray([position[i] for i in wanted], dtype=np.int64)
-    return rows[:limit] if limit is not None else rows
+        wanted_list = list(dict.fromkeys(wanted))
+    if contiguous:
+        return np.asarray(wanted_list, dtype=np.int64)
+    position = {int(v): r for r, v in enumerate(stored)}
+    bad_list = [i for i in wanted_list if i not in position]
+    if bad_list:
+        raise UsageError(f"--indices: {bad_list[0]} is not a dataset index of {label} "
+                         f"({n} images with indices {int(stored.min())}..{top})")
+    return np.asarray([position[i] for i in wanted_list], dtype=np.int64)
 
 
 def _pixels(x: np.ndarray, where: str, source: dict[str, Any]) -> np.ndarray:
@@ -246,8 +261,13 @@ def _finalize(raw: RawData, *, name: str, split: str, limit: int | None,
                      source=source)
 
 
-def check_compatible(data: AuditData, input_shape: Sequence[int] | None) -> None:
-    """DataError (exit 3) if the data's (C,H,W) differs from the model's input shape; None shape skips."""
+def check_compatible(data: AuditData, input_shape: Sequence[int] | None, num_classes: int | None = None) -> None:
+    """DataError (exit 3) unless the data fits the model: sample shape and (with ``num_classes``) labels.
+
+    A None shape skips the shape check. Labels are checked by :func:`check_labels`.
+    """
+    if num_classes is not None:
+        check_labels(data, num_classes)
     if input_shape is None:
         return
     want = tuple(int(s) for s in input_shape)
@@ -258,3 +278,25 @@ def check_compatible(data: AuditData, input_shape: Sequence[int] | None) -> None
         raise DataError(f"data {data.name!r} has {have[0]} channel(s) of {have[1]}×{have[2]}, "
                         f"model expects {want[0]}×{want[1]}×{want[2]}; pass --data with matching images")
     raise DataError(f"data {data.name!r} has samples of shape {list(have)}, model expects {list(want)}")
+
+
+def check_labels(data: AuditData, num_classes: int) -> None:
+    """DataError (exit 3) unless every label is a class of a ``num_classes``-class model (or -1, unknown).
+
+    The one label check every command shares: a label ≥ C (or < -1) would index past the
+    logits in one analysis and silently count as wrong in another; a dataset that names more
+    classes than the model outputs cannot be audited against it either.
+    """
+    y = data.y
+    if len(y):
+        low, high = int(y.min()), int(y.max())
+        if low < -1:
+            raise DataError(f"data {data.name!r}: label {low} is negative; labels are class ids 0..{num_classes - 1} "
+                            "(or -1 for unknown)")
+        if high >= num_classes:
+            row = int((y == high).nonzero()[0][0])
+            raise DataError(f"data {data.name!r}: label {high} (dataset index {int(data.indices[row])}) is out of range "
+                            f"for a {num_classes}-class model (classes 0..{num_classes - 1})")
+    if data.class_names is not None and len(data.class_names) > num_classes:
+        raise DataError(f"data {data.name!r} has {len(data.class_names)} classes but the model outputs "
+                        f"{num_classes} logits; pass --data matching the model")

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pickle
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -63,7 +65,7 @@ class _Found:
 def load_model(path: str | None, *, arch: str | None = None, mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, input_shape: Sequence[int] | None = None,
                select: str | int | None = None, unsafe_load: bool = False,
-               device: torch.device | str = "cpu") -> LoadedModel:
+               device: torch.device | str = "cpu", sources: Mapping[str, str] | None = None) -> LoadedModel:
     """Load a model file and adapt it: pixels in [0,1] → logits (N, C), eval mode, on ``device``.
 
     Args:
@@ -74,6 +76,8 @@ def load_model(path: str | None, *, arch: str | None = None, mean: Sequence[floa
         select: index/key of the logits when the network returns a tuple/list/dict.
         unsafe_load: allow unpickling a full nn.Module (runs code from the file).
         device: where the adapted model lives.
+        sources: where ``arch``/``mean``/``std``/``input_shape``/``select`` came from, for messages
+            (e.g. ``{"std": "robaudit.yaml: std"}``); the flag name by default.
 
     Returns:
         a LoadedModel with format, path, sha256, arch, class_names, dataset and meta filled.
@@ -82,6 +86,8 @@ def load_model(path: str | None, *, arch: str | None = None, mean: Sequence[floa
         UsageError: the file does not exist, or a flag is invalid (exit 2).
         ModelLoadError: the file cannot be loaded or adapted (exit 3).
     """
+    src = {"arch": "--arch", "mean": "--mean", "std": "--std", "input_shape": "--input-shape", "select": "--select",
+           **(sources or {})}
     embedded = path is None
     file = sample_model_path() if embedded else Path(path)  # type: ignore[arg-type]
     label = str(file) if not embedded else "embedded sample model"
@@ -89,12 +95,15 @@ def load_model(path: str | None, *, arch: str | None = None, mean: Sequence[floa
         raise UsageError(f"model file not found: {path}" if not embedded else f"embedded sample model missing: {file} (reinstall robaudit)")
     if file.is_dir():
         raise UsageError(f"model path is a directory, expected a file: {path}")
+    if not file.is_file():  # a FIFO or device would block or never end when hashed and read
+        raise UsageError(f"model path is not a regular file: {path}")
     if (mean is None) != (std is None):
-        raise UsageError("--mean and --std go together: pass both or neither")
+        raise UsageError(f"{src['mean']} and {src['std']} go together: pass both or neither")
     if input_shape is not None:
         input_shape = tuple(int(s) for s in input_shape)
         if not input_shape or any(s <= 0 for s in input_shape):
-            raise UsageError(f"--input-shape: expected positive sizes like 3,32,32, got {','.join(map(str, input_shape))}")
+            raise UsageError(f"{src['input_shape']}: expected positive sizes like 3,32,32, "
+                             f"got {','.join(map(str, input_shape))}")
     digest = _sha256(file)
 
     kind = _sniff(file)
@@ -103,7 +112,7 @@ def load_model(path: str | None, *, arch: str | None = None, mean: Sequence[floa
     elif kind == "torchscript":
         found = _load_torchscript(file)
     else:
-        found = _load_pickle(file, arch=arch, unsafe_load=unsafe_load)
+        found = _load_pickle(file, arch=arch, unsafe_load=unsafe_load, arch_flag=src["arch"])
     # Audits run in float32 (float64 is chosen later by --dtype); half/double files are cast on our copy.
     found.net.float()
 
@@ -112,17 +121,22 @@ def load_model(path: str | None, *, arch: str | None = None, mean: Sequence[floa
         meta["embedded"] = True
     shape, shape_source = found.input_shape, found.shape_source
     if input_shape is not None:
-        shape, shape_source = input_shape, "--input-shape"
+        shape, shape_source = input_shape, src["input_shape"]
     if shape is None:
         raise ModelLoadError(f"{label}: the {found.format} file does not say its input shape; pass --input-shape C,H,W")
     meta["input_shape_source"] = shape_source
+    _check_shape_size(shape, shape_source, label, user=input_shape is not None)
     norm_mean, norm_std, norm_source = found.mean, found.std, found.norm_source
+    user_norm = f"{src['mean']}/{src['std']}" if src["mean"] == "--mean" else f"{src['mean']} / {src['std']}"
     if mean is not None:
-        norm_mean, norm_std, norm_source = tuple(mean), tuple(std), "--mean/--std"  # type: ignore[arg-type]
+        norm_mean, norm_std, norm_source = tuple(mean), tuple(std), user_norm  # type: ignore[arg-type]
     meta["normalisation_source"] = norm_source or "none"
     if norm_mean is not None and len(norm_mean) not in (1, shape[0]):
-        raise UsageError(f"{label}: normalisation has {len(norm_mean)} channel values but the input has {shape[0]} channels "
-                         f"(input shape {_fmt(shape)}); check --mean/--std")
+        # Name where the values came from: the flags or config keys, the file's meta, or a zoo default.
+        where = user_norm if mean is not None else f"the {norm_source} 'mean'/'std'"
+        error = UsageError if mean is not None else ModelLoadError
+        raise error(f"{label}: normalisation has {len(norm_mean)} channel values but the input has {shape[0]} channels "
+                    f"(input shape {_fmt(shape)} from {shape_source}); check {where}")
 
     try:
         loaded = adapt(found.net, input_shape=shape, mean=norm_mean, std=norm_std, select=select, device=device,
@@ -133,7 +147,28 @@ def load_model(path: str | None, *, arch: str | None = None, mean: Sequence[floa
     if loaded.class_names is not None and len(loaded.class_names) != loaded.num_classes:
         raise ModelLoadError(f"{label}: meta has {len(loaded.class_names)} class names but the model outputs "
                              f"{loaded.num_classes} logits")
+    if select is not None:
+        _check_select_used(loaded, select, src["select"])
     return loaded
+
+
+def _check_select_used(loaded: LoadedModel, select: Any, flag: str) -> None:
+    """UsageError if the network returns a plain tensor: ``--select`` would do nothing (issue 10 §3)."""
+    module = loaded.module
+    ref = next(iter(module.parameters()), None)
+    device = ref.device if ref is not None else "cpu"
+    probe = torch.rand(2, *loaded.input_shape, device=device)
+    was_training = {m: m.training for m in module.modules()}
+    try:
+        module.eval()
+        with torch.no_grad():
+            raw = module.net(module.normalize(probe))
+    finally:
+        for m, training in was_training.items():
+            m.train(training)
+    if isinstance(raw, torch.Tensor):
+        raise UsageError(f"{flag} {_clip(str(select), 60)}: the model returns a single tensor of logits, so there is "
+                         f"nothing to select; drop {flag}")
 
 
 # --------------------------------------------------------------------------------------- sniffing
@@ -187,6 +222,31 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _clip(value: Any, limit: int = 200) -> str:
+    """A value from a file, cut for a one-line message."""
+    from robaudit.cli.console import clip
+
+    return clip(value, limit)
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    """A name from a file (a key), cut for a message."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+#: Largest input robaudit builds a probe batch for (elements per sample; 3×4096×4096 fits).
+MAX_INPUT_ELEMENTS = 1 << 26
+
+
+def _check_shape_size(shape: Sequence[int], source: str | None, label: str, *, user: bool) -> None:
+    """Refuse input shapes whose probe batch alone would take gigabytes (e.g. from a crafted meta)."""
+    numel = math.prod(int(s) for s in shape)
+    if numel > MAX_INPUT_ELEMENTS:
+        raise (UsageError if user else ModelLoadError)(
+            f"{label}: input shape {_fmt(shape)} (from {source}) has {numel:,} values per sample; "
+            f"robaudit handles at most {MAX_INPUT_ELEMENTS:,}")
+
+
 # -------------------------------------------------------------------------------------- formats
 
 def _load_onnx(file: Path, input_shape: tuple[int, ...] | None) -> _Found:
@@ -217,7 +277,7 @@ def _load_torchscript(file: Path) -> _Found:
     return found
 
 
-def _load_pickle(file: Path, *, arch: str | None, unsafe_load: bool) -> _Found:
+def _load_pickle(file: Path, *, arch: str | None, unsafe_load: bool, arch_flag: str = "--arch") -> _Found:
     obj = _torch_load(file, unsafe_load)
     if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
         obj = obj["model"]
@@ -228,12 +288,15 @@ def _load_pickle(file: Path, *, arch: str | None, unsafe_load: bool) -> _Found:
     if not isinstance(obj, Mapping):
         raise ModelLoadError(f"{file}: expected a checkpoint dict or state_dict, found a {type(obj).__name__}")
     if isinstance(obj.get("arch"), str) and isinstance(obj.get("state_dict"), Mapping):
-        return _from_checkpoint(obj, file, arch)
+        return _from_checkpoint(obj, file, arch, arch_flag)
     state_dict, where = _find_state_dict(obj, file)
     if arch is None:
         raise UsageError(f"{file}: a bare state_dict holds weights but not the architecture; pass --arch NAME "
                          f"(a zoo name: {', '.join(zoo.ZOO)}; a torchvision model name; or package.module:factory)")
-    found = _from_state_dict(state_dict, file, zoo.resolve(arch), kwargs=None, fmt="state_dict")
+    # Only a name typed as --arch may be imported; one from a config file may not (defence in depth:
+    # load_config refuses it too).
+    arch_resolved = zoo.resolve(arch, flag=arch_flag, allow_import=arch_flag == "--arch")
+    found = _from_state_dict(state_dict, file, arch_resolved, kwargs=None, fmt="state_dict")
     if where:
         found.meta["state_dict_key"] = where
     extra = {k: v for k, v in obj.items() if k != where and isinstance(v, (int, float, str, bool))}
@@ -243,23 +306,110 @@ def _load_pickle(file: Path, *, arch: str | None, unsafe_load: bool) -> _Found:
 
 
 def _torch_load(file: Path, unsafe_load: bool) -> Any:
-    """torch.load with weights_only=True; full unpickling only when ``unsafe_load`` and needed."""
+    """torch.load with weights_only=True; full unpickling only when ``unsafe_load`` and needed.
+
+    The file is checked before torch allocates anything (:func:`check_torch_file`), and zip-format
+    files are memory-mapped, so tensor data is paged in from the file instead of copied.
+    """
+    check_torch_file(file)
     try:
-        return torch.load(str(file), map_location="cpu", weights_only=True)
+        return _weights_only_load(file)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Unsupported global" not in text:
+        if _blocked_global(text) is None:
             raise ModelLoadError(f"{file}: not a readable PyTorch file (corrupt or truncated?): {_weights_only_reason(text)}") from None
         if not unsafe_load:
-            raise ModelLoadError(f"{file}: holds pickled Python objects ({_weights_only_reason(text)}), not just weights; "
-                                 "loading it runs code from the file. Pass --unsafe-load only if you trust it, "
-                                 "or save a state_dict or TorchScript instead") from None
+            name = _blocked_global(text) or "(unnamed)"
+            raise ModelLoadError(f"{file}: holds pickled Python objects (global {name}), not just weights; safe "
+                                 f"loading blocks it and --unsafe-load would import and run {name} (code from the "
+                                 "file). Use it only if you trust the file, or save a state_dict or TorchScript "
+                                 "instead") from None
     except Exception as exc:  # RuntimeError (bad zip), EOFError (truncated pickle), OSError, …
         raise ModelLoadError(f"{file}: not a readable PyTorch file (corrupt or truncated?): {_first_line(exc)}") from None
     try:
         return torch.load(str(file), map_location="cpu", weights_only=False)
     except Exception as exc:  # unpickling ran user code, which failed (e.g. a class that no longer imports)
         raise ModelLoadError(f"{file}: --unsafe-load could not unpickle the file: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _weights_only_load(file: Path) -> Any:
+    if zipfile.is_zipfile(file):
+        try:
+            return torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError:
+            raise
+        except RuntimeError:
+            pass  # compressed entries (re-zipped by hand) cannot be mapped; sizes were checked in check_torch_file
+    return torch.load(str(file), map_location="cpu", weights_only=True)
+
+
+def _blocked_global(text: str) -> str | None:
+    """The global a weights_only load refused, e.g. 'posix.system', or None if that was not the error.
+
+    torch words it "Unsupported global: GLOBAL x.y was not an allowed global" or
+    "Trying to load unsupported GLOBAL x.y whose module x is blocked".
+    """
+    match = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", text, re.IGNORECASE)
+    return match.group(1).rstrip(".") if match else None
+
+
+#: Tensor data a PyTorch file may declare beyond its own size (headers, alignment).
+_SLACK_BYTES = 1 << 20
+_ELEMENT_SIZES = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1,
+                  "Byte": 1, "Bool": 1, "ComplexDouble": 16, "ComplexFloat": 8, "Untyped": 1}
+
+
+def check_torch_file(file: Path) -> None:
+    """Refuse a file whose tensors would need far more memory than the file holds, before loading it.
+
+    A zip with deflated entries (torch.save stores them uncompressed) can inflate 1 MB to
+    1 GB; a legacy pickle can declare storages of any size. Both are caught here from the
+    zip directory or the pickle's opcodes, without allocating.
+    """
+    size = file.stat().st_size
+    limit = 4 * size + 64 * _SLACK_BYTES
+    if zipfile.is_zipfile(file):
+        try:
+            with zipfile.ZipFile(file) as zf:
+                declared = sum(info.file_size for info in zf.infolist())
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return  # torch.load reports the damage
+        if declared > limit:
+            raise ModelLoadError(f"{file}: its zip entries inflate to {declared:,} bytes from a {size:,}-byte file; "
+                                 "refusing to load (torch.save stores tensors uncompressed; this looks like a zip bomb)")
+        return
+    declared = _legacy_storage_bytes(file)
+    if declared is not None and declared > size + _SLACK_BYTES:
+        raise ModelLoadError(f"{file}: declares {declared:,} bytes of tensor data but the file has only {size:,}; "
+                             "refusing to allocate it (truncated or crafted file)")
+
+
+def _legacy_storage_bytes(file: Path) -> int | None:
+    """Bytes of tensor storage a legacy (pre-1.6, non-zip) torch.save file declares, or None if unknown.
+
+    The legacy format is four pickles (magic, protocol, sys info, the object) then raw
+    storages; each storage is a persistent id ``('storage', <torch XStorage>, key, location,
+    numel)``. Reading the opcodes is enough: nothing is unpickled.
+    """
+    import pickletools
+
+    total, storage_type, last_int = 0, None, None
+    try:
+        with open(file, "rb") as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickletools decodes STRING args with escapes (DeprecationWarning)
+            for _ in range(4):
+                for op, arg, _pos in pickletools.genops(fh):
+                    if op.name in ("GLOBAL", "STACK_GLOBAL") and isinstance(arg, str) and "Storage" in arg:
+                        storage_type = arg
+                    elif op.name in ("BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG") and isinstance(arg, int):
+                        last_int = arg
+                    elif op.name in ("BINPERSID", "PERSID") and last_int is not None:
+                        kind = (storage_type or "").split()[-1].replace("Storage", "")
+                        total += max(0, last_int) * _ELEMENT_SIZES.get(kind, 8)
+                        last_int = None
+    except Exception:  # not a pickle, or a damaged one: torch.load gives the message
+        return None
+    return total
 
 
 def _weights_only_reason(text: str) -> str:
@@ -284,7 +434,7 @@ def _find_state_dict(obj: Mapping[str, Any], file: Path) -> tuple[Mapping[str, t
         value = obj.get(key)
         if isinstance(value, Mapping) and value and all(torch.is_tensor(v) for v in value.values()):
             return value, key
-    keys = ", ".join(map(str, list(obj)[:8]))
+    keys = ", ".join(_cut(str(k), 40) for k in list(obj)[:8])
     raise ModelLoadError(f"{file}: no state_dict found: expected tensors or a 'state_dict' entry, found keys [{keys}]")
 
 
@@ -300,7 +450,18 @@ def _from_state_dict(state_dict: Mapping[str, torch.Tensor], file: Path, arch: z
                      kwargs: Mapping[str, Any] | None, fmt: str) -> _Found:
     """Build ``arch`` and load ``state_dict`` into it with strict key and shape matching."""
     sd, prefix = _strip_prefix(state_dict)
-    kwargs = dict(kwargs) if kwargs is not None else zoo.infer_kwargs(arch, sd)
+    _check_tensors(sd, file)
+    inferred = zoo.infer_kwargs(arch, sd)
+    if kwargs is not None:
+        kwargs = dict(kwargs)
+        # A file's build kwargs must agree with its own weights: the net is built (allocated)
+        # before the weights are checked, so num_classes=10**9 must not reach the factory.
+        for key, value in inferred.items():
+            if key in kwargs and kwargs[key] != value:
+                raise ModelLoadError(f"{file}: checkpoint 'arch_kwargs' has {key}={_clip(kwargs[key])} but the "
+                                     f"state_dict's weights imply {key}={value}")
+    else:
+        kwargs = inferred
     try:
         net = arch.factory(**kwargs)
     except Exception as exc:
@@ -324,6 +485,20 @@ def _from_state_dict(state_dict: Mapping[str, torch.Tensor], file: Path, arch: z
             found.mean, found.std = arch.entry.mean, arch.entry.std
             found.norm_source = f"zoo default for {arch.name}"
     return found
+
+
+def _check_tensors(sd: Mapping[str, Any], file: Path) -> None:
+    """Refuse tensors that claim more elements than their stored data (expanded, stride-0 views).
+
+    ``torch.zeros(1).expand(10**6, 1000)`` saves as 4 bytes; building an architecture sized by
+    such a shape would allocate gigabytes. Real weights always own their elements.
+    """
+    for key, value in sd.items():
+        if not torch.is_tensor(value) or value.numel() == 0:
+            continue
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise ModelLoadError(f"{file}: tensor {_cut(str(key))} of shape {_fmt(value.shape)} has more elements "
+                                 "than its stored data (an expanded view, not real weights)")
 
 
 def _fill_batch_counters(net: nn.Module, sd: dict[str, torch.Tensor]) -> int:
@@ -359,22 +534,47 @@ def _check_keys(net: nn.Module, sd: Mapping[str, torch.Tensor], file: Path, arch
     raise ModelLoadError(f"{file}: state_dict does not match --arch {arch}: {'; '.join(parts)}")
 
 
-def _from_checkpoint(ck: Mapping[str, Any], file: Path, arch_override: str | None) -> _Found:
+def _from_checkpoint(ck: Mapping[str, Any], file: Path, arch_override: str | None, arch_flag: str = "--arch") -> _Found:
     """A robaudit checkpoint: {"arch", "arch_kwargs", "state_dict", "meta"}."""
     name = arch_override or ck["arch"]
     # The file may only name zoo or torchvision architectures: importing a factory named by a
-    # file would let the file run code.
-    arch = zoo.resolve(name, allow_import=arch_override is not None,
-                       flag="--arch" if arch_override else f"{file}: checkpoint 'arch'")
+    # file would let the file run code (issue 10 §1). Only --arch may name package.module:factory.
+    arch = zoo.resolve(name, allow_import=arch_override is not None and arch_flag == "--arch",
+                       flag=arch_flag if arch_override else f"{file}: checkpoint field 'arch'")
     kwargs = ck.get("arch_kwargs") if arch_override is None or arch_override == ck["arch"] else None
-    if kwargs is not None and not isinstance(kwargs, Mapping):
-        raise ModelLoadError(f"{file}: checkpoint 'arch_kwargs' must be a dict, found {type(kwargs).__name__}")
+    if kwargs is not None:
+        _check_arch_kwargs(kwargs, file)
     found = _from_state_dict(ck["state_dict"], file, arch, kwargs=kwargs, fmt="robaudit-checkpoint")
     meta = ck.get("meta") or {}
     if not isinstance(meta, Mapping):
         raise ModelLoadError(f"{file}: checkpoint 'meta' must be a dict, found {type(meta).__name__}")
+    if isinstance(meta.get("arch"), str) and _IMPORT_SPEC.match(meta["arch"].strip()):
+        raise UsageError(f"{file}: checkpoint field 'meta.arch' names code to import ({_clip(meta['arch'], 80)}); "
+                         "a model file cannot do that. If you trust it, pass it on the command line: "
+                         f"--arch {_clip(meta['arch'], 80)}")
     _apply_meta(found, meta, file, source="checkpoint meta")
     return found
+
+
+#: ``package.module:factory``: what a file may never name (it would be imported and called).
+_IMPORT_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def _check_arch_kwargs(kwargs: Any, file: Path) -> None:
+    """``arch_kwargs`` from a file: a dict of plain values, none naming code to import."""
+    if not isinstance(kwargs, Mapping):
+        raise ModelLoadError(f"{file}: checkpoint 'arch_kwargs' must be a dict, found {type(kwargs).__name__}")
+    for key, value in kwargs.items():
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not isinstance(key, str) or not all(isinstance(v, _SCALARS) for v in items):
+            raise ModelLoadError(f"{file}: checkpoint field 'arch_kwargs.{_cut(str(key))}' must be a number, "
+                                 f"string or list of them, found {type(value).__name__}")
+        for v in items:
+            if isinstance(v, str) and _IMPORT_SPEC.match(v.strip()):
+                raise UsageError(f"{file}: checkpoint field 'arch_kwargs.{key}' names code to import ({_clip(v, 80)}); "
+                                 "a model file cannot do that. Build the model in your own code and pass the factory "
+                                 "on the command line: --arch package.module:factory")
 
 
 def _apply_meta(found: _Found, meta: Mapping[str, Any], file: Path, source: str) -> None:
@@ -384,21 +584,33 @@ def _apply_meta(found: _Found, meta: Mapping[str, Any], file: Path, source: str)
         if value is None:
             return None
         try:
-            return tuple(float(v) for v in value)
-        except (TypeError, ValueError):
-            raise ModelLoadError(f"{file}: {source} '{key}' must be a list of numbers, found {value!r}") from None
+            if isinstance(value, (str, bytes, Mapping)) or any(isinstance(v, bool) for v in value):
+                raise TypeError
+            out = tuple(float(v) for v in value)
+        except (TypeError, ValueError, OverflowError):
+            raise ModelLoadError(f"{file}: {source} '{key}' must be a list of numbers, found {_clip(value)}") from None
+        if not out or not all(math.isfinite(v) for v in out):
+            raise ModelLoadError(f"{file}: {source} '{key}' must be finite numbers, found {_clip(value)}")
+        return out
 
     mean, std = floats("mean"), floats("std")
     if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):  # type: ignore[arg-type]
-        raise ModelLoadError(f"{file}: {source} needs 'mean' and 'std' of equal length, found {meta.get('mean')!r} and {meta.get('std')!r}")
+        raise ModelLoadError(f"{file}: {source} needs 'mean' and 'std' of equal length, found {_clip(meta.get('mean'))} "
+                             f"and {_clip(meta.get('std'))}")
+    if std is not None and any(v <= 0 for v in std):
+        raise ModelLoadError(f"{file}: {source} 'std' must be positive, found {_clip(meta.get('std'))}")
     if mean is not None:
         found.mean, found.std, found.norm_source = mean, std, source
     shape = meta.get("input_shape")
     if shape is not None:
         try:
+            if isinstance(shape, (str, bytes, Mapping)) or any(isinstance(s, (bool, float)) for s in shape):
+                raise TypeError
             found.input_shape = tuple(int(s) for s in shape)
         except (TypeError, ValueError):
-            raise ModelLoadError(f"{file}: {source} 'input_shape' must be a list of ints, found {shape!r}") from None
+            raise ModelLoadError(f"{file}: {source} 'input_shape' must be a list of ints, found {_clip(shape)}") from None
+        if not found.input_shape or any(s <= 0 for s in found.input_shape):
+            raise ModelLoadError(f"{file}: {source} 'input_shape' must be positive sizes, found {_clip(shape)}")
         found.shape_source = source
     names = meta.get("class_names")
     if names is not None:

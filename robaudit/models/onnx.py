@@ -19,6 +19,7 @@ All unsupported op types are collected before raising once.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import torch
@@ -58,9 +59,16 @@ def load_onnx(path: str, *, input_shape: Sequence[int] | None = None) -> tuple[n
     import onnx
 
     try:
-        model = onnx.load(path)
-    except Exception as exc:  # DecodeError, OSError, missing external data
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # DecodeError, OSError
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {_first_line(exc)})") from None
+    if _check_external_data(model, path):
+        try:
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+        except Exception as exc:  # onnx's own checks (path outside the folder, not a file), OSError
+            raise ModelLoadError(f"{path}: cannot read its external data ({type(exc).__name__}: {_first_line(exc)})") from None
     if len(model.graph.node) == 0:
         raise ModelLoadError(f"{path}: the ONNX graph has no nodes")
     meta: dict[str, Any] = {"opset": _default_opset(model)}
@@ -83,6 +91,46 @@ def load_onnx(path: str, *, input_shape: Sequence[int] | None = None) -> tuple[n
 
 
 # ----------------------------------------------------------------------------------- graph helpers
+
+def _check_external_data(model: Any, path: str) -> bool:
+    """Check every external-data reference before anything is read; True if there are any.
+
+    An ONNX file names its external tensor files itself, so it could point at any file the
+    user can read (``../../.ssh/id_rsa``, a symlink out of the folder, ``/dev/zero``) or claim
+    a huge length. Each location must be a relative path that resolves, symlinks followed,
+    to a regular file inside the model's folder, and offset + length must lie within it.
+    """
+    from onnx import TensorProto
+
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    found = False
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for node in model.graph.node for a in node.attribute if a.HasField("t")]
+    for tensor in tensors:
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        found = True
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        where = f"{path}: external data of tensor {tensor.name[:80]!r}"
+        if not location or os.path.isabs(location) or ".." in location.replace("\\", "/").split("/"):
+            raise ModelLoadError(f"{where}: location {location[:120]!r} must be a file name inside the model's folder")
+        target = os.path.realpath(os.path.join(folder, location))
+        if os.path.commonpath([folder, target]) != folder:
+            raise ModelLoadError(f"{where}: {location[:120]!r} resolves outside the model's folder (a symlink?)")
+        if not os.path.isfile(target):
+            raise ModelLoadError(f"{where}: {location[:120]!r} is not a regular file in {folder}")
+        size = os.path.getsize(target)
+        try:
+            offset = int(info.get("offset", 0) or 0)
+            length = int(info["length"]) if info.get("length") else size - offset
+        except ValueError:
+            raise ModelLoadError(f"{where}: offset/length are not integers") from None
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ModelLoadError(f"{where}: offset {offset} + length {length} lies outside {location[:120]!r} "
+                                 f"({size:,} bytes)")
+    return found
+
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()

@@ -196,7 +196,9 @@ def resolve(spec: str, *, allow_import: bool = True, flag: str = "--arch") -> Ar
         return Arch(spec, "zoo", ZOO[spec].build, ZOO[spec])
     if ":" in spec:
         if not allow_import:
-            raise UsageError(f"{flag} {spec!r}: importing factories is only allowed from the command line (--arch)")
+            shown = spec if len(spec) <= 80 else spec[:80] + "…"
+            raise UsageError(f"{flag} {shown!r} names code to import, which is only allowed from the command line; "
+                             f"if you trust it, pass it there: --arch {shown}")
         return Arch(spec, "import", _import_factory(spec, flag))
     if spec in _torchvision_names():
         import torchvision.models
