@@ -179,7 +179,7 @@ def load_config(path: str | None, *, auto: bool = True) -> FileConfig:
     Raises:
         ConfigError: exit 2, naming the file and key; echoed values are cut to ~200 characters.
     """
-    from robaudit.cli.console import clip
+    from robaudit.text import clip
     from robaudit.settings import CONFIG_KEYS
 
     if path is None:

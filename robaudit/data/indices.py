@@ -59,7 +59,7 @@ def parse_indices(text: Any, flag: str = "--indices") -> Indices | None:
         return None
     if isinstance(text, Indices):
         return text
-    from robaudit.cli.console import clip
+    from robaudit.text import clip
 
     items = list(text) if isinstance(text, (list, tuple)) else str(text).replace(" ", "").split(",")
     if len(items) > MAX_ITEMS:

@@ -224,7 +224,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _clip(value: Any, limit: int = 200) -> str:
     """A value from a file, cut for a one-line message."""
-    from robaudit.cli.console import clip
+    from robaudit.text import clip
 
     return clip(value, limit)
 

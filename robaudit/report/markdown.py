@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from robaudit.report.terminal import fmt
+from robaudit.numfmt import fmt
 
 
 def _row(cells: list[str]) -> str:
@@ -44,8 +44,11 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         lines += [_row([f"`{k}`", fmt(v)]) for k, v in metrics.items()]
     if gate:
         lines += ["", "### gate", "", _row(["metric", "value", "condition", "result"]), _row(["---", "---:", "---", "---"])]
+        from robaudit.report.terminal import canonical_names
+
+        canonical = canonical_names(report)
         for c in gate.get("checks", []):
-            lines.append(_row([f"`{c['metric']}`", fmt(c.get("value")), f"{c['op']} {fmt(c['threshold'])}",
+            lines.append(_row([f"`{canonical.get(c['metric'], c['metric'])}`", fmt(c.get("value")), f"{c['op']} {fmt(c['threshold'])}",
                                "pass" if c.get("passed") else "**FAIL**"]))
     for warning in report.get("warnings") or []:
         lines.append(f"\n> warning: {warning}")
