@@ -111,12 +111,13 @@ def header(report: Mapping[str, Any]) -> Table:
     table.add_column(style="bold")
     table.add_column()
     shape = "×".join(str(s) for s in model.get("input_shape") or [])
-    table.add_row("model", f"{model.get('path') or ('(embedded sample)' if model.get('embedded') else '(in memory)')}  [{model.get('format')}]  "
-                  f"{model.get('num_classes')} classes, input {shape}")
+    # Text, not markup: paths and names come from the user (a '[/bold]' in a path is just text)
+    table.add_row("model", Text(f"{model.get('path') or ('(embedded sample)' if model.get('embedded') else '(in memory)')}  "
+                                f"[{model.get('format')}]  {model.get('num_classes')} classes, input {shape}"))
     if data:
-        table.add_row("data", f"{data.get('name')} ({data.get('split')}), n={data.get('n')}")
-    table.add_row("run", f"robaudit {report.get('tool', {}).get('version')} · torch {env.get('torch')} · "
-                  f"{env.get('device')} · {env.get('dtype')} · seed {env.get('seed')}")
+        table.add_row("data", Text(f"{data.get('name')} ({data.get('split')}), n={data.get('n')}"))
+    table.add_row("run", Text(f"robaudit {report.get('tool', {}).get('version')} · torch {env.get('torch')} · "
+                              f"{env.get('device')} · {env.get('dtype')} · seed {env.get('seed')}"))
     if not report.get("complete", True):
         table.add_row("status", Text("INCOMPLETE (interrupted): sections below are what finished", style="bold red"))
     return table
@@ -141,7 +142,7 @@ def gate_table(gate: Mapping[str, Any], canonical: Mapping[str, str] | None = No
     for check in gate.get("checks", []):
         ok = check.get("passed")
         name = (canonical or {}).get(check.get("metric"), check.get("metric"))
-        table.add_row(Text(str(name)), fmt(check.get("value")), check.get("op"), fmt(check.get("threshold")),
+        table.add_row(Text(str(name)), fmt(check.get("value")), Text(str(check.get("op"))), fmt(check.get("threshold")),
                       Text("pass", style="green") if ok else Text("FAIL", style="bold red"))
     return table
 

@@ -508,10 +508,9 @@ case("report-gate-passed-string", "show {d}/r.json", 2,
 case("show-ansi-in-path", "show {d}/r.json", 0, report({"model.path": "\x1b]0;title\x07\x1b[2Jevil.pt"}),
      check=stdout_has("\\x1b"))
 case("show-markup-in-path", "show {d}/r.json", 0, report({"model.path": "[/bold][link=x]evil.pt"}),
-     check=stdout_has("[/bold]"), lead=True)  # renderers (report/terminal.py) escape with cli.console.safe_text
+     check=stdout_has("[/bold]"))  # renderers (report/terminal.py) print user text as Text, not markup
 case("show-ansi-in-warning", "show {d}/r.json", 0, report({"warnings": ["\x1b[31mred\x1b[0m [/bold]"]}))
-case("show-markup-in-data-name", "show {d}/r.json", 0, report({"data.name": "[/red]x"}), check=stdout_has("[/red]x"),
-     lead=True)
+case("show-markup-in-data-name", "show {d}/r.json", 0, report({"data.name": "[/red]x"}), check=stdout_has("[/red]x"))
 case("show-bidi-override", "show {d}/r.json", 0, report({"model.path": "abc\u202edcba.pt"}), check=stdout_has("\\u202e"))
 case("show-markdown-ansi", "show {d}/r.json --markdown", 0, report({"model.path": "\x1b[2Jx.pt"}))
 case("gate-markup-metric", ["gate", "{d}/r.json", "--fail-above", "[/bold]=1"], 2, report())
