@@ -18,6 +18,8 @@ FAST = {
     "norms": {"method": "exact"},
     "spectrum": {"steps": 2, "max_samples": 4},
     "attacks": {"fgsm": True, "eps": "4/255"},
+    "cross_section": {"index": "0", "resolution": 9},
+    "curvature": {"k": 1},
 }
 
 
@@ -58,7 +60,8 @@ def _options(name):
 
 
 @pytest.mark.parametrize("name", analyses.available())
-def test_model_state_restored_after_success_and_failure(name):
+def test_model_state_restored_after_success_and_failure(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # analyses that write images write them here
     loaded, ctx = _setup()
     analysis, options = _options(name)
     before = state_of(loaded.module)
