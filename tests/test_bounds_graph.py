@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robaudit.bounds import graph as G
+from robaudit.analyses.layers import wrapper_rules
+from robaudit.bounds import compose as G
+from robaudit.bounds import trace as T
 from robaudit.bounds.rules import RuleOptions
 from robaudit.errors import NumericalError, UnsupportedLayerError
 from robaudit.models import zoo
@@ -20,7 +22,15 @@ F64 = torch.float64
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "assets"
 FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
-FAST = RuleOptions(iters=0)  # the composition only needs upper bounds
+FAST = RuleOptions(iters=0, dtype=F64)  # the composition only needs upper bounds
+
+_RULES, _CHAINS = wrapper_rules()
+
+
+def lb(model, x, **kw):
+    """lipschitz_bound with robaudit's wrapper rules, as the layers analysis calls it."""
+    kw.setdefault("opts", RuleOptions(dtype=F64))
+    return G.lipschitz_bound(model, x, rules=_RULES, chains=_CHAINS, **kw)
 
 
 
@@ -70,7 +80,7 @@ class Residual(nn.Module):
 @pytest.mark.parametrize("alpha", [0.5, 1.5])
 def test_residual_closed_form(alpha):
     model = Residual(alpha)
-    gb = G.lipschitz_bound(model, torch.zeros(2, 6, dtype=F64))
+    gb = lb(model, torch.zeros(2, 6, dtype=F64))
     assert gb.lipschitz_upper == pytest.approx(1 + alpha * 1.0, rel=1e-12)  # AutoLip: 1 + α‖W‖
     true = max(1 + alpha / 2, abs(1 - alpha))  # ‖I + αW‖ from the eigenvalues
     assert float(sigma_max(model, torch.randn(3, 6, dtype=F64))[0]) == pytest.approx(true, rel=1e-12)
@@ -91,7 +101,7 @@ class Branches(nn.Module):
 
 def test_concat_root_sum_of_squares_and_constant_scale():
     m = Branches()
-    gb = G.lipschitz_bound(m, torch.zeros(2, 5, dtype=F64))
+    gb = lb(m, torch.zeros(2, 5, dtype=F64))
     na = float(torch.linalg.svdvals(m.a.weight.detach())[0])
     nb = float(torch.linalg.svdvals(m.b.weight.detach())[0])
     assert gb.lipschitz_upper == pytest.approx(0.5 * math.hypot(na, nb), rel=1e-12)
@@ -120,7 +130,7 @@ class Functional(nn.Module):
 
 def test_functional_ops_bound_dense():
     m = Functional()
-    gb = G.lipschitz_bound(m, torch.zeros(2, 2, 6, 6, dtype=F64), opts=FAST)
+    gb = lb(m, torch.zeros(2, 2, 6, 6, dtype=F64), opts=FAST)
     assert gb.lipschitz_upper is not None and not gb.unbounded
     x = torch.randn(100, 2, 6, 6, dtype=F64)
     assert float(sigma_max(m, x).max()) <= gb.lipschitz_upper
@@ -134,7 +144,7 @@ def test_sequential_product_is_the_product_of_rules():
     torch.manual_seed(5)
     net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(12, 4))
     model = adapt(net, input_shape=(1, 4, 4), mean=(0.5,), std=(0.25,)).module.double()
-    gb = G.lipschitz_bound(model, torch.rand(2, 1, 4, 4, dtype=F64), opts=FAST)
+    gb = lb(model, torch.rand(2, 1, 4, 4, dtype=F64), opts=FAST)
     product = math.prod(r.bound.upper for r in gb.layers)
     assert gb.lipschitz_upper == pytest.approx(product, rel=1e-12)
     assert [r.name for r in gb.layers][:2] == ["normalize", "net.0"]
@@ -154,7 +164,7 @@ def _lenet():
 
 def test_lenet_bound_dominates_jacobians():
     model = _lenet()
-    gb = G.lipschitz_bound(model, torch.rand(2, 1, 28, 28, dtype=F64), opts=FAST)
+    gb = lb(model, torch.rand(2, 1, 28, 28, dtype=F64), opts=FAST)
     assert gb.method == "fx" and gb.lipschitz_upper is not None
     sig_random = sigma_max(model, torch.rand(100, 1, 28, 28, dtype=F64, generator=torch.Generator().manual_seed(0)))
     sig_real = sigma_max(model, fmnist(100))
@@ -191,8 +201,8 @@ def test_batchnorm_cnn_bound_dominates_jacobians_fused_or_not():
     torch.manual_seed(7)
     model = adapt(BNNet(), input_shape=(3, 16, 16), mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25)).module.double()
     x0 = torch.rand(2, 3, 16, 16, dtype=F64)
-    fused = G.lipschitz_bound(model, x0, opts=FAST)
-    plain = G.lipschitz_bound(model, x0, opts=FAST, fuse_bn=False)
+    fused = lb(model, x0, opts=FAST)
+    plain = lb(model, x0, opts=FAST, fuse_bn=False)
     assert sum(1 for r in fused.layers if r.fused) == 3  # conv1+bn1, conv2+bn2, fc+bn3
     assert fused.lipschitz_upper <= plain.lipschitz_upper
     sig = torch.cat([sigma_max(model, torch.rand(100, 3, 16, 16, dtype=F64)), sigma_max(model, fmnist(100, 16, 3))])
@@ -212,7 +222,7 @@ def _resnet20():
 
 def test_resnet20_real_weights_bound_dominates_jacobians():
     model = _resnet20()
-    gb = G.lipschitz_bound(model, torch.rand(2, 3, 32, 32), opts=FAST)
+    gb = lb(model, torch.rand(2, 3, 32, 32), opts=FAST)
     assert gb.method == "fx" and gb.additions == 9
     shortcuts = [r for r in gb.layers if r.type == "ShortcutA"]
     assert len(shortcuts) == 2 and all(r.bound.exact == 1.0 for r in shortcuts)
@@ -249,11 +259,11 @@ class Bad(nn.Module):
 def test_unsupported_layers_are_listed_all_at_once():
     model = Bad().double()
     with pytest.raises(UnsupportedLayerError) as info:
-        G.lipschitz_bound(model, torch.rand(2, 6, dtype=F64))
+        lb(model, torch.rand(2, 6, dtype=F64))
     msg = str(info.value)
     assert "3 layer(s)" in msg and "norm (LayerNorm)" in msg and "gate (Gate)" in msg and "mul" in msg
     assert info.value.exit_code == 3
-    gb = G.lipschitz_bound(model, torch.rand(2, 6, dtype=F64), allow_unbounded=True)
+    gb = lb(model, torch.rand(2, 6, dtype=F64), allow_unbounded=True)
     assert gb.lipschitz_upper is None
     reasons = {u.name: u.reason for u in gb.unbounded}
     assert "not globally Lipschitz" in reasons["norm"] and "no rule" in reasons["gate"]
@@ -268,12 +278,12 @@ def test_untraceable_model_falls_back_to_sequential_only_when_valid(monkeypatch)
     monkeypatch.setattr(G, "trace", fail)
     torch.manual_seed(9)
     seq = adapt(nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)), input_shape=(4,)).module.double()
-    gb = G.lipschitz_bound(seq, torch.rand(2, 4, dtype=F64))
+    gb = lb(seq, torch.rand(2, 4, dtype=F64))
     assert gb.method == "sequential"
     norms = [float(torch.linalg.svdvals(seq.net[i].weight.detach())[0]) for i in (0, 2)]
     assert gb.lipschitz_upper == pytest.approx(norms[0] * norms[1], rel=1e-12)
     with pytest.raises(UnsupportedLayerError, match="not an nn.Sequential"):
-        G.lipschitz_bound(adapt(Residual(0.5).float(), input_shape=(6,)).module.double(), torch.rand(2, 6, dtype=F64))
+        lb(adapt(Residual(0.5).float(), input_shape=(6,)).module.double(), torch.rand(2, 6, dtype=F64))
 
 
 # ---------------------------------------------------------------------------
@@ -290,11 +300,11 @@ def test_model_left_as_found_after_success_and_failure(monkeypatch):
     model.net.fc.train()  # an odd mix the bound must not "fix"
     model.net.conv1.weight.requires_grad_(False)
     before = _state(model)
-    G.lipschitz_bound(model, torch.rand(2, 3, 16, 16, dtype=F64), opts=FAST)
+    lb(model, torch.rand(2, 3, 16, 16, dtype=F64), opts=FAST)
     assert _state(model) == before
 
     calls = {"n": 0}
-    original = G._Recorder.run_node
+    original = T.Recorder.run_node
 
     def boom(self, n):
         calls["n"] += 1
@@ -302,9 +312,9 @@ def test_model_left_as_found_after_success_and_failure(monkeypatch):
             raise NumericalError("injected")
         return original(self, n)
 
-    monkeypatch.setattr(G._Recorder, "run_node", boom)
+    monkeypatch.setattr(T.Recorder, "run_node", boom)
     with pytest.raises(NumericalError):
-        G.lipschitz_bound(model, torch.rand(2, 3, 16, 16, dtype=F64), opts=FAST)
+        lb(model, torch.rand(2, 3, 16, 16, dtype=F64), opts=FAST)
     assert _state(model) == before
 
 
@@ -316,8 +326,8 @@ def test_onnx_lenet_matches_the_checkpoint_bound():
     from robaudit.models import load_model
 
     model = load_model(str(REPO / "sample_models" / "lenet_fmnist.onnx")).module.double()
-    gb = G.lipschitz_bound(model, torch.rand(2, 1, 28, 28, dtype=F64), opts=FAST)
-    ref = G.lipschitz_bound(_lenet(), torch.rand(2, 1, 28, 28, dtype=F64), opts=FAST)
+    gb = lb(model, torch.rand(2, 1, 28, 28, dtype=F64), opts=FAST)
+    ref = lb(_lenet(), torch.rand(2, 1, 28, 28, dtype=F64), opts=FAST)
     assert gb.lipschitz_upper == pytest.approx(ref.lipschitz_upper, rel=1e-5)  # float32 export of the same weights
     assert float(sigma_max(model, fmnist(50)).max()) <= gb.lipschitz_upper
 
@@ -331,7 +341,7 @@ def test_onnx_mnist8_bound_dominates_jacobians():
     from robaudit.models import load_model
 
     model = load_model(str(path)).module.double()
-    gb = G.lipschitz_bound(model, torch.rand(2, 1, 28, 28, dtype=F64), opts=FAST)
+    gb = lb(model, torch.rand(2, 1, 28, 28, dtype=F64), opts=FAST)
     assert [r.type for r in gb.layers if r.bound.kind == "linear"] == ["OnnxGemm"]
     real = torch.from_numpy(read_idx(images)[:100].copy()).to(F64).div(255).unsqueeze(1)
     sig = torch.cat([sigma_max(model, real), sigma_max(model, torch.rand(100, 1, 28, 28, dtype=F64))])

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from robaudit.bounds import rules as R
+from robaudit.analyses.layers import wrapper_rules
 from robaudit.models.adapt import Normalize, SelectOutput
 from robaudit.models.zoo import ShortcutA
 
@@ -22,11 +23,15 @@ def jac_sigma(module: nn.Module, x: torch.Tensor) -> float:
     return float(torch.linalg.svdvals(jac.reshape(-1, x.numel()))[0])
 
 
+WRAPPER_RULES, _ = wrapper_rules()  # robaudit's wrappers: the layers analysis passes these rules
+
+
 def bound(module: nn.Module, in_shape: tuple, out_shape: tuple | None = None) -> R.LayerBound:
     if out_shape is None:
         with torch.no_grad():
             out_shape = tuple(module(torch.zeros(1, *in_shape, dtype=F64)).shape[1:])
-    return R.bound_module(module, in_shape, out_shape, R.RuleOptions(iters=200, tol=1e-10))
+    return R.bound_module(module, in_shape, out_shape, R.RuleOptions(iters=200, tol=1e-10, dtype=F64),
+                          rules={**R.RULES, **WRAPPER_RULES})
 
 
 # ---------------------------------------------------------------------------
@@ -123,6 +128,7 @@ def test_batchnorm_with_batch_statistics_is_unbounded():
 
 
 def test_normalize_select_shortcut():
+    assert not any(t in R.RULES for t in (Normalize, SelectOutput, ShortcutA))  # the engine does not know them
     norm = Normalize((0.1, 0.2, 0.3), (0.5, 0.25, 2.0)).double()
     b = bound(norm, (3, 2, 2))
     assert b.exact == pytest.approx(4.0)

@@ -1,10 +1,12 @@
 """``robaudit layers``: per-layer operator norms and bounds, the global Lipschitz bracket, certified radii.
 
 * Per layer (input shapes from forward hooks on one batch): the operator norm
-  of the real layer by power iteration (a lower bound converging to the exact
-  value), Sedghi's exact circular value, the Singla/Fantastic-Four bound, the
-  Gram-iteration bound (Delattre et al. 2023) and Miyato's heuristic (not a
-  bound); ‖W‖₂ for Linear; exact constants for BatchNorm, activations, pooling.
+  of the real layer by Lanczos through conv / conv_transpose (a lower bound,
+  with its residual error bound), Sedghi's exact circular value, the
+  Singla/Fantastic-Four bound, the Gram-iteration bound (Delattre et al. 2023,
+  with ``--gram`` only) and Miyato's heuristic (not a bound); ‖W‖₂ for Linear;
+  exact constants for BatchNorm, activations, pooling. Convolutions called as
+  ``F.conv2d`` inside custom modules are found and bounded like ``nn.Conv2d``.
 * Global: ``lipschitz_upper`` composes per-layer upper bounds over the fx graph
   (AutoLip, Scaman & Virmaux 2018); ``lipschitz_lower`` is the max over the data
   of the per-sample σ_max of the Jacobian (reused from the norms analysis when
@@ -24,9 +26,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 from rich.table import Table
 from rich.text import Text
 
-from robaudit.analyses.base import Analysis, finite_or_none, opt
+from robaudit.analyses.base import Metric, Analysis, finite_or_none, opt
 from robaudit.errors import UsageError
-from robaudit.report.terminal import fmt
+from robaudit.kinds import Better
+from robaudit.numfmt import fmt
 
 if TYPE_CHECKING:  # pragma: no cover
     from robaudit.context import AuditContext
@@ -37,11 +40,16 @@ PROBE_BATCH = 2  # samples used to record layer shapes (only shapes matter)
 
 @dataclass(frozen=True)
 class Options:
-    iters: int = opt(100, "Power-iteration cap per conv/linear layer for operator_norm (0 skips it).", min=0)
-    tol: float = opt(1e-6, "Relative tolerance of the per-layer power iteration.", min=0.0)
-    gram_iters: int = opt(12, "Maximum Gram-iteration squarings per conv layer.", min=0)
-    gram_tol: float = opt(5e-3, "Stop the Gram iteration once bound / lower bound − 1 is below this.",
-                          min=0.0)
+    iters: int = opt(100, "Lanczos cap (products AᵀA·v) per conv/linear layer for operator_norm (0 skips it).",
+                     min=0)
+    tol: float = opt(1e-3, "Residual tolerance of operator_norm: stop once ‖AᵀAv − θv‖ ≤ tol·θ, so σ is within "
+                     "tol/2 of a singular value (reported per layer as error_bound).", min=0.0)
+    gram: bool = opt(False, "Also compute the Gram-iteration bound (Delattre et al. 2023) per conv layer "
+                     "(it never beats the exact circular value, so it only compares methods).")
+    gram_iters: int | None = opt(None, "Maximum Gram-iteration squarings per conv layer (default 12; needs --gram).",
+                                 kind=int, min=0)
+    gram_tol: float | None = opt(None, "Stop the Gram iteration once bound / lower bound − 1 is below this "
+                                 "(default 5e-3; needs --gram).", kind=float, min=0.0)
     fuse_bn: bool = opt(True, "Bound each conv→BatchNorm pair as one linear map (tighter, still valid).")
     allow_unbounded: bool = opt(False, "Report layers without a rule as unbounded (no lipschitz_upper) "
                                 "instead of failing.")
@@ -49,7 +57,8 @@ class Options:
                      "for the certified accuracy.")
     lower: bool = opt(True, "With data: lower bound = max per-sample σ_max of the Jacobian.")
     per_sample: bool = opt(True, "With data: one row per sample (margin, certified radius).")
-    precision: str = opt("float64", "Dtype of the bound computations.", choices=("float64", "float32"))
+    precision: str = opt("auto", "Dtype of the bound computations (auto: the run's --dtype). Upper bounds "
+                         "carry the rounding slack of this dtype.", choices=("auto", "float32", "float64"))
 
 
 def parse_radii(text: str) -> list[tuple[str, float]]:
@@ -86,6 +95,9 @@ def _layer_row(rec: Any) -> dict[str, Any]:
         "gram_bound": info.get("gram_bound"), "heuristic": info.get("heuristic"),
         "exact": b.exact, "upper": b.upper, "method": b.method,
     }
+    if b.kind in ("conv", "linear") and "residual" in info:
+        # operator_norm's Ritz residual ‖AᵀAv − θv‖/θ and the bound it gives: σ is within error_bound (relative)
+        row["residual"], row["error_bound"] = info["residual"], info["error_bound"]
     if b.kind == "conv":
         for key in ("circular_upper", "circular_is_exact", "strided_exact", "fft_size", "pad_factor", "reshape_bounds",
                     "gram_steps"):
@@ -99,36 +111,65 @@ def _layer_row(rec: Any) -> dict[str, Any]:
     return row
 
 
+def wrapper_rules() -> tuple[dict, dict]:
+    """Rules for robaudit's own wrapper modules, and the wrapper's chain (for the sequential fallback).
+
+    The bounds engine knows nothing of robaudit's model wrappers; the analysis tells it.
+    """
+    from robaudit.bounds.rules import constant
+    from robaudit.models.adapt import AuditModel, Normalize, SelectOutput
+    from robaudit.models.zoo import ShortcutA
+
+    def normalize(module, in_shape, out_shape, opts):
+        return constant("normalize", float(1.0 / module.std.detach().double().abs().min()), "1/min(std)")
+
+    def select(module, in_shape, out_shape, opts):
+        return constant("reshape", 1.0, "picks the logits")
+
+    def shortcut(module, in_shape, out_shape, opts):
+        return constant("reshape", 1.0, "subsample + zero channels (a projection)")
+
+    return ({Normalize: normalize, SelectOutput: select, ShortcutA: shortcut},
+            {AuditModel: ("normalize", "net", "select")})
+
+
 def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
     """Per-layer table, Lipschitz bracket and certified radii (radii and lower bound need data)."""
     import torch
 
-    from robaudit.bounds.graph import lipschitz_bound
+    from robaudit.bounds.compose import lipschitz_bound
     from robaudit.bounds.rules import RuleOptions
 
     radii = parse_radii(options.radii)
+    if not options.gram and (options.gram_iters is not None or options.gram_tol is not None):
+        raise UsageError("--gram-iters / --gram-tol set the Gram iteration, which runs only with --gram: "
+                         "add --gram or drop them")
     torch.manual_seed(ctx.seed)
     model = ctx.model.module
     if ctx.data is not None and len(ctx.data):
         probe = ctx.data.images(slice(0, PROBE_BATCH), device=ctx.device, dtype=ctx.dtype)
     else:
         probe = torch.rand((PROBE_BATCH, *ctx.model.input_shape), device=ctx.device, dtype=ctx.dtype)
-    precision = options.precision
+    precision = options.precision if options.precision != "auto" else str(ctx.dtype).removeprefix("torch.")
     if precision == "float64" and getattr(ctx.device, "type", str(ctx.device)) == "mps":
         ctx.warn("layers: MPS has no float64; bounds are computed in float32 (with float32 rounding margins)")
         precision = "float32"
-    rule_opts = RuleOptions(iters=options.iters, tol=options.tol, gram_iters=options.gram_iters,
-                            gram_tol=options.gram_tol, dtype=getattr(torch, precision), seed=ctx.seed)
+    rule_opts = RuleOptions(iters=options.iters, tol=options.tol, gram=options.gram,
+                            gram_iters=12 if options.gram_iters is None else options.gram_iters,
+                            gram_tol=5e-3 if options.gram_tol is None else options.gram_tol,
+                            dtype=getattr(torch, precision), seed=ctx.seed)
+    rules, chains = wrapper_rules()
     with ctx.progress("layers: per-layer bounds", None):
         gb = lipschitz_bound(model, probe, opts=rule_opts, allow_unbounded=options.allow_unbounded,
-                             fuse_bn=options.fuse_bn)
+                             fuse_bn=options.fuse_bn, rules=rules, chains=chains)
     upper = gb.lipschitz_upper
     ctx.cache["lipschitz_upper"] = upper
     rows = [_layer_row(r) for r in gb.layers]
     not_conv = [r["name"] for r in rows if r.get("converged") is False]
     if not_conv:
-        ctx.warn(f"layers: power iteration did not reach --tol {options.tol} in {options.iters} iterations for "
-                 f"{', '.join(not_conv)}; their operator_norm is a lower bound")
+        ctx.warn(f"layers: the operator-norm residual did not reach --tol {rule_opts.residual_tol:g} in "
+                 f"{options.iters} iterations for {', '.join(not_conv)}; their operator_norm is a lower bound "
+                 "(see error_bound)")
     if gb.unbounded:
         ctx.warn(f"layers: {len(gb.unbounded)} layer(s) have no Lipschitz bound; lipschitz_upper is not reported")
     for note in gb.notes:
@@ -173,7 +214,7 @@ def _data_part(ctx: "AuditContext", options: Options, radii: list[tuple[str, flo
     label_l: list[int] = []
     pred_l: list[int] = []
     margin_l: list[float] = []
-    from robaudit.bounds.graph import preserved
+    from robaudit.models.guard import preserved
 
     with preserved(model):
         model.eval()
@@ -325,23 +366,74 @@ def render(section: Mapping[str, Any]) -> list:
     return out
 
 
-def metrics(section: Mapping[str, Any]) -> dict[str, float]:
-    """Gate aliases: lipschitz_upper, lipschitz_lower, layers.lipschitz_gap, certified_accuracy@<r>, …"""
-    out: dict[str, Any] = {
-        "lipschitz_upper": section.get("lipschitz_upper"),
-        "lipschitz_lower": section.get("lipschitz_lower"),
-        "layers.lipschitz_gap": section.get("ratio"),
-        "layers.unbounded": float(len(section.get("unbounded") or [])),
+def metrics(section: Mapping[str, Any]) -> dict[str, Metric]:
+    """lipschitz_upper, lipschitz_lower, layers.lipschitz_gap, certified_accuracy@<r>, … with directions."""
+    out: dict[str, Metric] = {
+        "lipschitz_upper": Metric(section.get("lipschitz_upper"), Better.LOWER),
+        # the empirical lower bound is a measurement of the model: a larger one is a less robust model
+        "lipschitz_lower": Metric(section.get("lipschitz_lower"), Better.LOWER),
+        "layers.lipschitz_gap": Metric(section.get("ratio"), Better.NEUTRAL),
+        "layers.unbounded": Metric(float(len(section.get("unbounded") or [])), Better.LOWER, "layers"),
     }
     rows = [r for r in section.get("layers") or [] if r.get("upper") is not None]
     if rows:
-        out["layers.max_upper"] = max(float(r["upper"]) for r in rows)
+        out["layers.max_upper"] = Metric(max(float(r["upper"]) for r in rows), Better.LOWER)
     cert = section.get("certified") or {}
     if cert.get("available"):
         for text, acc in (cert.get("accuracy") or {}).items():
-            out[f"certified_accuracy@{text}"] = acc
-        out["layers.certified_radius.median"] = (cert.get("radius") or {}).get("median")
+            out[f"certified_accuracy@{text}"] = Metric(acc, Better.HIGHER)
+        out["layers.certified_radius.median"] = Metric((cert.get("radius") or {}).get("median"), Better.HIGHER)
     return out
+
+
+def plot(section: Mapping[str, Any], path: str) -> None:
+    """Per-layer operator norms and upper bounds on a log scale, with the global Lipschitz bracket.
+
+    Markers: the operator norm (power iteration, a lower estimate), each upper bound the run
+    computed, Miyato's heuristic (not a bound, hollow), and the bound the composition used (bar).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = section.get("layers") or []
+    xs = list(range(len(rows)))
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(rows) + 2.5), 4.6))
+    try:
+        used = [r.get("upper") for r in rows]
+        ax.bar([x for x, u in zip(xs, used) if u], [u for u in used if u], color="#c9d6ea", width=0.7,
+               label="upper bound used", zorder=1)
+        for key, label, style in (("operator_norm", "operator norm (power iteration)", dict(marker="o", color="black")),
+                                  ("circular_exact", "circular (Sedghi)", dict(marker="s", color="tab:blue")),
+                                  ("singla_bound", "Singla", dict(marker="^", color="tab:orange")),
+                                  ("gram_bound", "Gram", dict(marker="v", color="tab:green")),
+                                  ("heuristic", "heuristic (NOT a bound)", dict(marker="x", color="tab:red"))):
+            pts = [(x, r[key]) for x, r in zip(xs, rows) if isinstance(r.get(key), (int, float)) and r[key] > 0]
+            if pts:
+                ax.scatter(*zip(*pts), label=label, zorder=3, s=28, **style)
+        for x, r in zip(xs, rows):
+            if r.get("upper") is None:
+                ax.annotate("unbounded", (x, 1.0), rotation=90, ha="center", va="bottom", color="red", fontsize=7)
+        positive = [v for v in used if v] + [r["operator_norm"] for r in rows if r.get("operator_norm")]
+        if positive:
+            from matplotlib.ticker import FuncFormatter
+
+            ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:g}")  # 2, 5, 10 rather than 2×10⁰
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+        ax.set_xticks(xs, [str(r.get("name", "")) for r in rows], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("layer norm / bound (log scale)")
+        lo, up = section.get("lipschitz_lower"), section.get("lipschitz_upper")
+        ax.set_title(f"layers: Lipschitz bracket {fmt(lo) if lo is not None else '–'} ≤ L ≤ "
+                     f"{fmt(up) if up is not None else '∞'} (AutoLip product of the bars)", fontsize=10)
+        ax.grid(axis="y", alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 ANALYSIS = Analysis(
@@ -351,8 +443,10 @@ ANALYSIS = Analysis(
     run=run,
     render=render,
     metrics=metrics,
+    plot=plot,
     needs_data=False,
-    profiles={"quick": {"iters": 50, "tol": 1e-5}, "standard": {}, "full": {}},
+    profiles={"quick": {"iters": 50}, "standard": {}, "full": {}},
     metric_patterns=(r"lipschitz_upper", r"lipschitz_lower", r"layers\.lipschitz_gap", r"certified_accuracy@.+",
                      r"layers\.unbounded", r"layers\.max_upper", r"layers\.certified_radius\.median"),
 )
+

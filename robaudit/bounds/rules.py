@@ -19,7 +19,8 @@ Constants (all global Lipschitz constants w.r.t. ℓ2, sup of the Jacobian norm)
   exact norm ∏_d ‖A_d‖₂ of its separable averaging matrices, probed from
   torch's own pooling so padding, ceil_mode and count_include_pad match.
 * Flatten, Unflatten, Identity, Dropout (eval), zero padding: 1.
-* robaudit's Normalize: 1 / min(std); SelectOutput: 1; zoo ShortcutA: 1.
+* Callers add rules for their own wrapper modules (``rules=`` of :func:`bound_module`): the
+  engine knows nothing of robaudit's model wrappers.
 """
 
 from __future__ import annotations
@@ -27,13 +28,20 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robaudit.bounds.conv import conv_bounds, linear_norm, operator_norm
+from robaudit.bounds.conv import circular, kernel_bounds, linear_norm, warm_start
+from robaudit.bounds.geometry import ConvGeometry
+from robaudit.bounds.opnorm import ConvMap, LinearMap, NormEstimate, operator_norms
+
+
+# Residual tolerance of the per-layer operator norm: σ then lies within 5e-4 (relative) of a singular value,
+# 20× closer than a plain power iteration stopped on a 1e-4 step change gets on resnet18 (see benchmarks/).
+LAYER_TOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -41,18 +49,35 @@ class RuleOptions:
     """Numerical settings shared by the rules.
 
     Attributes:
-        iters, tol: power-iteration cap and tolerance for ``operator_norm`` (iters 0: skip it).
+        iters, tol: Lanczos cap and residual tolerance ‖AᵀAv − θv‖ ≤ tol·θ for ``operator_norm``
+            (iters 0: skip it; tol None: the solvers' default for ``dtype``, see :mod:`robaudit.linalg.tol`).
+        gram: also run the Gram iteration (it never beats the exact circular value).
         gram_iters, gram_tol: Gram-iteration cap and target tightness.
-        dtype: computation dtype for weights (float64 makes bounds robust to rounding).
-        seed: seed of the power-iteration start vectors.
+        dtype: computation dtype for weights; upper bounds carry the rounding slack of this dtype.
+        seed: seed of the random part of the start vectors.
     """
 
     iters: int = 100
-    tol: float = 1e-6
+    tol: float | None = LAYER_TOL
+    gram: bool = False
     gram_iters: int = 12
     gram_tol: float = 5e-3
-    dtype: torch.dtype = torch.float64
+    dtype: torch.dtype = torch.float32
     seed: int = 0
+
+    @property
+    def residual_tol(self) -> float:
+        from robaudit.linalg.tol import default_tol
+
+        return default_tol(self.dtype) if self.tol is None else self.tol
+
+
+@dataclass
+class PowerJob:
+    """A pending operator-norm computation; jobs of one graph run in shape-batched Lanczos calls."""
+
+    map: ConvMap | LinearMap
+    warm: torch.Tensor | None
 
 
 @dataclass
@@ -66,6 +91,8 @@ class LayerBound:
         method: one line on how ``upper`` was obtained.
         info: JSON-safe extras (conv/linear numbers).
         reason: why ``upper`` is None.
+        job: the operator-norm computation still to run (see :func:`run_power`), or None.
+        linear: for conv/linear layers, (weight, geometry or None): what BatchNorm fusion needs.
     """
 
     upper: float | None
@@ -74,6 +101,8 @@ class LayerBound:
     method: str
     info: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
+    job: PowerJob | None = field(default=None, repr=False)
+    linear: tuple[torch.Tensor, ConvGeometry | None] | None = field(default=None, repr=False)
 
 
 Rule = Callable[[nn.Module, tuple, tuple, RuleOptions], LayerBound]
@@ -102,27 +131,66 @@ def unbounded(reason: str) -> LayerBound:
 # Linear maps
 
 
+def conv_layer(weight: torch.Tensor, geom: ConvGeometry, in_shape: Sequence[int], opts: RuleOptions) -> LayerBound:
+    """Bound of a convolution given by what it computes: kernel and geometry (module or ``F.conv2d`` call).
+
+    The operator norm is left as a :class:`PowerJob` (the graph batches them); :func:`run_power` runs it.
+    """
+    w = weight.detach().to(opts.dtype)
+    circ = circular(w, geom)
+    b = kernel_bounds(w, geom, gram=opts.gram, gram_iters=opts.gram_iters, gram_tol=opts.gram_tol, circ=circ)
+    job = PowerJob(ConvMap(w, geom, tuple(int(s) for s in in_shape)), warm_start(w, geom, circ)) \
+        if opts.iters > 0 else None
+    method = "min(circular_exact, strided, singla" + (", gram)" if opts.gram else ")")
+    return LayerBound(upper=b.upper, exact=b.circular_exact if b.circular_is_exact else None, kind="conv",
+                      method=method, info=b.as_dict(), job=job, linear=(w, geom))
+
+
+def linear_layer(weight: torch.Tensor, opts: RuleOptions) -> LayerBound:
+    """Bound of x ↦ Wx: the exact ‖W‖₂; the operator norm (a cross-check) is left as a PowerJob."""
+    w = weight.detach().to(opts.dtype)
+    exact = linear_norm(w)
+    info: dict[str, Any] = {"exact": exact, "operator_norm": None, "iterations": None, "converged": None}
+    job = PowerJob(LinearMap(w), None) if opts.iters > 0 else None
+    return LayerBound(upper=exact, exact=exact, kind="linear", method="‖W‖₂", info=info, job=job,
+                      linear=(w, None))
+
+
+def apply_power(bound: LayerBound, est: NormEstimate) -> None:
+    """Write an operator-norm estimate into a bound's info (conv or linear)."""
+    info = bound.info
+    info.update(operator_norm=est.value, iterations=est.iterations, converged=est.converged,
+                residual=est.residual, error_bound=est.error_bound)
+    op = est.value
+    if bound.kind == "linear":
+        info["ratios"] = {"exact": info["exact"] / op if op else None}
+    else:
+        info["ratios"] = {key: (info.get(key) / op if op and info.get(key) is not None else None)
+                          for key in ("circular_exact", "singla_bound", "gram_bound", "heuristic", "strided_exact")}
+        gram, circ = info.get("gram_bound"), info.get("circular_exact")
+        info["ratios"]["gram_over_circular"] = gram / circ if gram is not None and circ else None
+    bound.job = None
+
+
+def run_power(bounds: Sequence[LayerBound], opts: RuleOptions) -> None:
+    """Run the pending operator-norm jobs of ``bounds``, layers of equal shapes in one batch."""
+    pending = [b for b in bounds if b.job is not None]
+    if not pending:
+        return
+    ests = operator_norms([b.job.map for b in pending], warm=[b.job.warm for b in pending],
+                          iters=opts.iters, tol=opts.residual_tol, seed=opts.seed)
+    for b, est in zip(pending, ests):
+        apply_power(b, est)
+
+
 @register(nn.Conv1d, nn.Conv2d)
 def _conv(module: nn.Module, in_shape: tuple, out_shape: tuple, opts: RuleOptions) -> LayerBound:
-    b = conv_bounds(module, in_shape, dtype=opts.dtype, iters=max(opts.iters, 1), tol=opts.tol,
-                    gram_iters=opts.gram_iters, gram_tol=opts.gram_tol, power=opts.iters > 0,
-                    generator=torch.Generator().manual_seed(opts.seed))
-    method = "min(circular_exact, singla, gram)"
-    return LayerBound(upper=b.upper, exact=b.circular_exact if b.circular_is_exact else None, kind="conv",
-                      method=method, info=b.as_dict())
+    return conv_layer(module.weight, ConvGeometry.of(module, in_shape), in_shape, opts)
 
 
 @register(nn.Linear)
 def _linear(module: nn.Module, in_shape: tuple, out_shape: tuple, opts: RuleOptions) -> LayerBound:
-    w = module.weight.detach().to(opts.dtype)
-    exact = linear_norm(w)
-    info: dict[str, Any] = {"exact": exact, "operator_norm": None, "iterations": None, "converged": None}
-    if opts.iters > 0:
-        est = operator_norm(lambda x: F.linear(x, w), (w.shape[1],), dtype=opts.dtype, device=w.device,
-                            iters=opts.iters, tol=opts.tol, generator=torch.Generator().manual_seed(opts.seed))
-        info.update(operator_norm=est.value, iterations=est.iterations, converged=est.converged,
-                    ratios={"exact": exact / est.value if est.value else None})
-    return LayerBound(upper=exact, exact=exact, kind="linear", method="‖W‖₂", info=info)
+    return linear_layer(module.weight, opts)
 
 
 def batchnorm_scale(module: nn.Module) -> torch.Tensor | None:
@@ -349,32 +417,6 @@ def _adaptive_max(module: nn.Module, in_shape: tuple, out_shape: tuple, opts: Ru
 
 
 # ---------------------------------------------------------------------------
-# robaudit's own modules (registered lazily: they live in robaudit.models)
-
-
-def _register_robaudit_modules() -> None:
-    from robaudit.models.adapt import Normalize, SelectOutput
-    from robaudit.models.zoo import ShortcutA
-
-    def normalize(module: nn.Module, in_shape: tuple, out_shape: tuple, opts: RuleOptions) -> LayerBound:
-        std = module.std.detach().double().abs()
-        return constant("normalize", float(1.0 / std.min()), "1/min(std)")
-
-    def select(module: nn.Module, in_shape: tuple, out_shape: tuple, opts: RuleOptions) -> LayerBound:
-        return constant("reshape", 1.0, "picks the logits")
-
-    def shortcut(module: nn.Module, in_shape: tuple, out_shape: tuple, opts: RuleOptions) -> LayerBound:
-        return constant("reshape", 1.0, "subsample + zero channels (a projection)")
-
-    RULES.setdefault(Normalize, normalize)
-    RULES.setdefault(SelectOutput, select)
-    RULES.setdefault(ShortcutA, shortcut)
-
-
-_register_robaudit_modules()
-
-
-# ---------------------------------------------------------------------------
 # Lookup
 
 
@@ -389,9 +431,13 @@ def _rule_type(module: nn.Module, table: dict) -> type | None:
     return None
 
 
-def has_rule(module: nn.Module) -> bool:
-    """Whether a rule (or a known 'unbounded' reason) exists for ``module``: the graph keeps it a leaf."""
-    return _rule_type(module, RULES) is not None or _rule_type(module, UNBOUNDED) is not None
+def has_rule(module: nn.Module, rules: Mapping[type, Rule] | None = None) -> bool:
+    """Whether a rule (or a known 'unbounded' reason) exists for ``module``: the graph keeps it a leaf.
+
+    ``rules`` replaces :data:`RULES` (e.g. RULES plus a caller's rules for its own wrapper modules).
+    """
+    return _rule_type(module, rules if rules is not None else RULES) is not None \
+        or _rule_type(module, UNBOUNDED) is not None
 
 
 SMALL_LAYER = 1 << 17  # input + output elements below which a rule runs on one thread
@@ -413,23 +459,29 @@ def threads_for(size: int) -> Iterator[None]:
 
 
 def bound_module(module: nn.Module, in_shape: Sequence[int], out_shape: Sequence[int],
-                 opts: RuleOptions | None = None) -> LayerBound:
+                 opts: RuleOptions | None = None, *, rules: Mapping[type, Rule] | None = None,
+                 defer_power: bool = False) -> LayerBound:
     """Apply the rule for ``module`` on one sample's input/output shapes (no batch dimension).
 
-    Never raises for a missing rule: returns ``upper=None`` with the reason.
+    Never raises for a missing rule: returns ``upper=None`` with the reason. With
+    ``defer_power`` the operator norm stays a pending :class:`PowerJob` (see :func:`run_power`).
     """
     opts = opts or RuleOptions()
-    t = _rule_type(module, RULES)
+    table = rules if rules is not None else RULES
+    t = _rule_type(module, table)
     if t is not None:
         with threads_for(math.prod(in_shape) + math.prod(out_shape)):
-            return RULES[t](module, tuple(in_shape), tuple(out_shape), opts)
+            bound = table[t](module, tuple(in_shape), tuple(out_shape), opts)
+            if not defer_power:
+                run_power([bound], opts)
+        return bound
     t = _rule_type(module, UNBOUNDED)
     if t is not None:
         return unbounded(UNBOUNDED[t])
     return unbounded(f"no rule for {type(module).__module__}.{type(module).__qualname__}")
 
 
-__all__ = ["RuleOptions", "LayerBound", "RULES", "UNBOUNDED", "ACTIVATIONS", "register", "has_rule",
+__all__ = ["RuleOptions", "LayerBound", "PowerJob", "conv_layer", "linear_layer", "run_power", "apply_power", "RULES", "UNBOUNDED", "ACTIVATIONS", "register", "has_rule",
            "bound_module", "batchnorm_scale", "max_pool_constant", "avg_pool_constant",
            "adaptive_avg_pool_constant", "adaptive_max_pool_constant", "window_counts", "pad_constant",
            "threads_for"]
