@@ -58,7 +58,8 @@ def field_kind(f: dataclasses.Field) -> Any:
 
 def coerce(value: Any, kind: Any, where: str) -> Any:
     """Convert a YAML/CLI value to ``kind`` (typed, once) or raise ConfigError naming ``where``."""
-    from robaudit.kinds import Fraction, Fractions, Ints, echo, parse_fraction, parse_fractions, parse_ints
+    from robaudit.kinds import (Fraction, Fractions, Ints, LabelledFractions, echo, parse_fraction, parse_fractions,
+                                parse_ints, parse_labelled_fractions)
 
     if value is None:
         return None
@@ -68,6 +69,8 @@ def coerce(value: Any, kind: Any, where: str) -> Any:
         return parse_fractions(value, where)
     if kind is Ints:
         return parse_ints(value, where)
+    if kind is LabelledFractions:
+        return parse_labelled_fractions(value, where)
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         if isinstance(value, kind):
             return value

@@ -92,6 +92,33 @@ def parse_fractions(value: Any, where: str) -> tuple[float, ...]:
     return tuple(parse_fraction(v, where) for v in items)
 
 
+class LabelledFractions:
+    """Option kind: a tuple of (label, value) pairs, the label as the user wrote it ('36/255').
+
+    For values that name metrics (``certified_accuracy@36/255``): the label stays what the user
+    typed, the value is parsed once.
+    """
+
+
+def parse_labelled_fractions(value: Any, where: str, *, nonnegative: bool = True) -> tuple[tuple[str, float], ...]:
+    """'0.1, 36/255' or [0.1, '36/255'] → (('0.1', 0.1), ('36/255', 0.1411…))."""
+    if isinstance(value, (list, tuple)):
+        items = [str(v).strip() if not isinstance(v, (int, float)) else f"{v:g}" for v in value]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [f"{value:g}"]
+    else:
+        items = [s.strip() for s in str(value).split(",") if s.strip()]
+    if not items:
+        raise UsageError(f"{where}: expected comma-separated numbers such as 0.1,36/255, got {echo(value)}")
+    out = []
+    for item in items:
+        number = parse_fraction(item, where)
+        if nonnegative and number < 0:
+            raise UsageError(f"{where}: expected non-negative values, got {echo(item)}")
+        out.append((item, number))
+    return tuple(out)
+
+
 class NormMethod(str, enum.Enum):
     """How σ_max of a Jacobian is computed."""
 

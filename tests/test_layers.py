@@ -134,8 +134,8 @@ def test_bracket_and_certified_radii(section, lenet):
     radii_values = [0, 0.001, 0.005, 1 / 255, 0.05]
     order = sorted(range(len(accs)), key=lambda i: radii_values[i])
     assert all(accs[order[i]] >= accs[order[i + 1]] for i in range(len(order) - 1))
-    cached = ctx.cache["layers.certified_radius"]
-    assert torch.allclose(cached, torch.tensor(radius, dtype=F64))
+    per = [r["certified_radius"] for r in sec["per_sample"]]
+    assert torch.allclose(torch.tensor(per, dtype=F64), torch.tensor(radius, dtype=F64))
 
 
 def test_lower_bound_reuses_norms_cache(lenet):
@@ -178,13 +178,21 @@ def test_metrics(section):
     assert m["lipschitz_upper"] == sec["lipschitz_upper"] and m["lipschitz_lower"] == sec["lipschitz_lower"]
     assert m["layers.lipschitz_gap"] == sec["ratio"]
     assert m["certified_accuracy@1/255"] == sec["certified"]["accuracy"]["1/255"]
+    declared = layers.metrics(sec)
+    assert declared["certified_accuracy@1/255"].better == "higher" and declared["lipschitz_upper"].better == "lower"
     assert m["layers.unbounded"] == 0.0
 
 
 @pytest.mark.parametrize("text", ["", "a", "0.1,-1", "nan"])
 def test_bad_radii(text):
+    # parsed once, when the options are made (a bad value fails before any analysis runs)
     with pytest.raises(UsageError, match="--radii"):
-        layers.parse_radii(text)
+        layers.ANALYSIS.make_options({"radii": text}, sources={"radii": "--radii"})
+
+
+def test_radii_keep_their_labels():
+    opts = layers.ANALYSIS.make_options({"radii": "0, 36/255,0.1"})
+    assert opts.radii == (("0", 0.0), ("36/255", 36 / 255), ("0.1", 0.1))
 
 
 class WithLayerNorm(nn.Module):

@@ -28,13 +28,13 @@ from rich.text import Text
 
 from robaudit.analyses.base import Metric, Analysis, finite_or_none, opt
 from robaudit.errors import UsageError
-from robaudit.kinds import Better
+from robaudit.kinds import Better, LabelledFractions
 from robaudit.numfmt import fmt
 
 if TYPE_CHECKING:  # pragma: no cover
     from robaudit.context import AuditContext
 
-DEFAULT_RADII = "0.01,0.05,0.1,0.25,0.5,1"
+DEFAULT_RADII = tuple((text, float(text)) for text in ("0.01", "0.05", "0.1", "0.25", "0.5", "1"))
 PROBE_BATCH = 2  # samples used to record layer shapes (only shapes matter)
 
 
@@ -53,34 +53,30 @@ class Options:
     fuse_bn: bool = opt(True, "Bound each conv→BatchNorm pair as one linear map (tighter, still valid).")
     allow_unbounded: bool = opt(False, "Report layers without a rule as unbounded (no lipschitz_upper) "
                                 "instead of failing.")
-    radii: str = opt(DEFAULT_RADII, "Comma-separated ℓ2 radii (pixel units, fractions like 36/255 allowed) "
-                     "for the certified accuracy.")
+    radii: tuple = opt(DEFAULT_RADII, "Comma-separated ℓ2 radii (pixel units, fractions like 36/255 allowed) "
+                       "for the certified accuracy.", kind=LabelledFractions)
     lower: bool = opt(True, "With data: lower bound = max per-sample σ_max of the Jacobian.")
     per_sample: bool = opt(True, "With data: one row per sample (margin, certified radius).")
     precision: str = opt("auto", "Dtype of the bound computations (auto: the run's --dtype). Upper bounds "
                          "carry the rounding slack of this dtype.", choices=("auto", "float32", "float64"))
 
 
-def parse_radii(text: str) -> list[tuple[str, float]]:
-    """'0.1, 36/255' → [('0.1', 0.1), ('36/255', 0.1411…)]; UsageError on bad items."""
-    from robaudit.settings import eval_fraction
+@dataclass(frozen=True)
+class Row:
+    """One sample: its logit margin, certified radius margin / (√2·L_upper) and σ_max (the lower bound)."""
 
-    out = []
-    for item in str(text).split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            value = eval_fraction(item)
-        except ValueError:
-            raise UsageError(f"--radii: expected numbers such as 0.1 or 36/255, got {item!r}") from None
-        if not math.isfinite(value) or value < 0:
-            raise UsageError(f"--radii: expected non-negative radii, got {item!r}")
-        out.append((item, value))
-    if not out:
-        raise UsageError(f"--radii: expected at least one radius, got {text!r}")
-    return out
+    index: int
+    label: int
+    pred: int
+    margin: float | None
+    certified_radius: float | None
+    sigma_max: float | None
 
+
+def check(options: Options) -> None:
+    if not options.gram and (options.gram_iters is not None or options.gram_tol is not None):
+        raise UsageError("--gram-iters / --gram-tol set the Gram iteration, which runs only with --gram: "
+                         "add --gram or drop them")
 
 
 def _layer_row(rec: Any) -> dict[str, Any]:
@@ -134,18 +130,30 @@ def wrapper_rules() -> tuple[dict, dict]:
 
 
 def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
-    """Per-layer table, Lipschitz bracket and certified radii (radii and lower bound need data)."""
+    """Per-layer table and Lipschitz bracket; with data, margins, certified radii and the lower bound."""
+    section = _bounds_part(ctx, options)
+    if ctx.data is None or not len(ctx.data):
+        return section
+    from robaudit.analyses.runner import collect_rows
+
+    upper = section["lipschitz_upper"]
+    sigma_of = _cached_sigma(ctx) if options.lower else {}
+    compute_sigma = options.lower and not sigma_of
+    model = ctx.model.module
+    rows = collect_rows(ctx, "layers", lambda b: _rows(model, b, upper, sigma_of, compute_sigma),
+                        description="layers: margins" + (" and σ_max" if compute_sigma else ""))
+    return summarise(rows, options, section, ctx.warn)
+
+
+def _bounds_part(ctx: "AuditContext", options: Options) -> dict[str, Any]:
+    """The per-layer bounds composed over the graph (AutoLip): needs the model only."""
     import torch
 
     from robaudit.bounds.compose import lipschitz_bound
     from robaudit.bounds.rules import RuleOptions
+    from robaudit.models.guard import preserved
 
-    radii = parse_radii(options.radii)
-    if not options.gram and (options.gram_iters is not None or options.gram_tol is not None):
-        raise UsageError("--gram-iters / --gram-tol set the Gram iteration, which runs only with --gram: "
-                         "add --gram or drop them")
     torch.manual_seed(ctx.seed)
-    model = ctx.model.module
     if ctx.data is not None and len(ctx.data):
         probe = ctx.data.images(slice(0, PROBE_BATCH), device=ctx.device, dtype=ctx.dtype)
     else:
@@ -159,8 +167,8 @@ def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
                             gram_tol=5e-3 if options.gram_tol is None else options.gram_tol,
                             dtype=getattr(torch, precision), seed=ctx.seed)
     rules, chains = wrapper_rules()
-    with ctx.progress("layers: per-layer bounds", None):
-        gb = lipschitz_bound(model, probe, opts=rule_opts, allow_unbounded=options.allow_unbounded,
+    with preserved(ctx.model.module, eval=True), ctx.progress("layers: per-layer bounds", None):
+        gb = lipschitz_bound(ctx.model.module, probe, opts=rule_opts, allow_unbounded=options.allow_unbounded,
                              fuse_bn=options.fuse_bn, rules=rules, chains=chains)
     upper = gb.lipschitz_upper
     ctx.cache["lipschitz_upper"] = upper
@@ -174,109 +182,91 @@ def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
         ctx.warn(f"layers: {len(gb.unbounded)} layer(s) have no Lipschitz bound; lipschitz_upper is not reported")
     for note in gb.notes:
         ctx.warn(f"layers: {note}")
-
-    section: dict[str, Any] = {
-        "method": gb.method,
-        "layers": rows,
+    return {
+        "method": gb.method, "layers": rows,
         "lipschitz_upper": finite_or_none(upper) if upper is not None else None,
-        "lipschitz_lower": None,
-        "ratio": None,
+        "lipschitz_lower": None, "ratio": None,
         "unbounded": [{"name": u.name, "type": u.type, "reason": u.reason} for u in gb.unbounded],
         "graph": {"additions": gb.additions, "concats": gb.concats, "fuse_bn": options.fuse_bn},
-        "notes": list(gb.notes),
-        "certified": None,
-        "n": 0,
+        "notes": list(gb.notes), "certified": None, "n": 0,
     }
-    if ctx.data is not None and len(ctx.data):
-        _data_part(ctx, options, radii, section)
-    return section
 
 
-def _data_part(ctx: "AuditContext", options: Options, radii: list[tuple[str, float]],
-               section: dict[str, Any]) -> None:
-    """Margins, certified radii and the data-driven lower bound, batch by batch."""
+def _cached_sigma(ctx: "AuditContext") -> dict[int, float]:
+    """σ_max per dataset index from the norms analysis of the same run (same data, same numbers)."""
+    cached, index = ctx.cache.get("norms.sigma_max"), ctx.cache.get("norms.index")
+    if cached is None:
+        return {}
+    keys = index.tolist() if index is not None else list(range(len(cached)))
+    return {int(i): float(v) for i, v in zip(keys, cached.tolist())}
+
+
+def _rows(model, batch, upper: float | None, sigma_of: Mapping[int, float], compute_sigma: bool) -> list[Row]:
     import torch
 
-    model = ctx.model.module
-    data = ctx.data
-    upper = section["lipschitz_upper"]
-    cached = ctx.cache.get("norms.sigma_max")
-    cached_index = ctx.cache.get("norms.index")
-    sigma_of: dict[int, float] = {}
-    if options.lower and cached is not None:  # the norms analysis ran on this data: same σ_max, reuse it
-        idx_list = cached_index.tolist() if cached_index is not None else list(range(len(cached)))
-        sigma_of = {int(i): float(s) for i, s in zip(idx_list, cached.tolist())}
-    compute_sigma = options.lower and cached is None
+    with torch.no_grad():
+        logits = model(batch.x).double()
+    top2 = logits.topk(min(2, logits.shape[1]), dim=1).values
+    margin = top2[:, 0] - top2[:, 1] if top2.shape[1] > 1 else torch.full_like(top2[:, 0], math.inf)
     if compute_sigma:
         from robaudit.linalg import sigma_max
 
-    index_l: list[int] = []
-    label_l: list[int] = []
-    pred_l: list[int] = []
-    margin_l: list[float] = []
-    from robaudit.models.guard import preserved
+        sigma = [float(v) for v in sigma_max(model, batch.x).tolist()]
+    else:
+        sigma = [sigma_of.get(int(i), math.nan) if sigma_of else math.nan for i in batch.index.tolist()]
+    rows = []
+    for i, (index, label) in enumerate(zip(batch.index.tolist(), batch.y.tolist())):
+        m = float(margin[i])
+        radius = m / (math.sqrt(2.0) * upper) if upper else None
+        rows.append(Row(index=int(index), label=int(label), pred=int(logits[i].argmax()), margin=finite_or_none(m),
+                        certified_radius=finite_or_none(radius), sigma_max=finite_or_none(sigma[i])))
+    return rows
 
-    with preserved(model):
-        model.eval()
-        with ctx.progress("layers: margins" + (" and σ_max" if compute_sigma else ""), len(data)) as task:
-            for idx, x, y in data.batches(ctx.batch_size, device=ctx.device, dtype=ctx.dtype):
-                with torch.no_grad():
-                    logits = model(x).double()
-                top2 = logits.topk(min(2, logits.shape[1]), dim=1).values
-                margin = top2[:, 0] - top2[:, 1] if top2.shape[1] > 1 else torch.full_like(top2[:, 0], math.inf)
-                if compute_sigma:
-                    for i, s in zip(idx.tolist(), sigma_max(model, x).tolist()):
-                        sigma_of[int(i)] = float(s)
-                index_l += [int(i) for i in idx.tolist()]
-                label_l += [int(v) for v in y.tolist()]
-                pred_l += [int(v) for v in logits.argmax(1).tolist()]
-                margin_l += [float(v) for v in margin.tolist()]
-                task.advance(int(x.shape[0]))
-    n = len(index_l)
-    section["n"] = n
-    finite_sigma = [s for s in sigma_of.values() if math.isfinite(s)]
-    if options.lower and finite_sigma:
-        lower = max(finite_sigma)
+
+def summarise(rows: list[Row], options: Options, section: dict[str, Any], warn=lambda message: None) -> dict[str, Any]:
+    """Add the data part (lower bound, certified accuracy, per-sample rows) to the bounds section."""
+    from robaudit.analyses.runner import row_dict
+    from robaudit.stats import finite, median
+
+    n = len(rows)
+    upper = section["lipschitz_upper"]
+    section = {**section, "n": n}
+    sigmas = finite(r.sigma_max for r in rows)
+    if options.lower and sigmas:
+        lower = max(sigmas)
         section["lipschitz_lower"] = lower
         if upper is not None and lower > 0:
             section["ratio"] = upper / lower
         if upper is not None and lower > upper * (1 + 1e-6):
-            ctx.warn(f"layers: lipschitz_lower {lower:.6g} exceeds lipschitz_upper {upper:.6g}: "
-                     "a rule is wrong for this model; please report it")
-    correct = [pred_l[i] == label_l[i] for i in range(n)]
-    radius_l: list[float | None] = []
+            warn(f"layers: lipschitz_lower {lower:.6g} exceeds lipschitz_upper {upper:.6g}: "
+                 "a rule is wrong for this model; please report it")
+    correct = [r.pred == r.label for r in rows]
+    labels = [label for label, _ in options.radii]
     if upper is not None and upper > 0:
-        radius_l = [margin_l[i] / (math.sqrt(2.0) * upper) for i in range(n)]
-        acc = {}
-        for text, r in radii:
-            hits = sum(1 for i in range(n) if correct[i] and radius_l[i] >= r and (r > 0 or radius_l[i] > 0))
-            acc[text] = hits / n if n else None
-        finite = sorted(r for r in radius_l if math.isfinite(r))
+        radius = [r.certified_radius if r.certified_radius is not None else math.inf for r in rows]
+        acc = {label: (sum(1 for c, rr in zip(correct, radius) if c and rr >= value and (value > 0 or rr > 0)) / n
+                       if n else None) for label, value in options.radii}
+        found = finite(radius)
         section["certified"] = {
-            "available": True,
-            "radii": [text for text, _ in radii],
-            "accuracy": acc,
+            "available": True, "radii": labels, "accuracy": acc,
             "clean_accuracy": (sum(correct) / n) if n else None,
-            "radius": {"median": finite[len(finite) // 2] if finite else None,
-                       "max": finite[-1] if finite else None,
-                       "mean": (math.fsum(finite) / len(finite)) if finite else None},
+            "radius": {"median": median(found), "max": max(found) if found else None,
+                       "mean": (math.fsum(found) / len(found)) if found else None},
             "formula": "margin / (√2 · lipschitz_upper)",
         }
-        ctx.cache["layers.certified_radius"] = torch.tensor(radius_l, dtype=torch.float64)
-        ctx.cache["layers.index"] = torch.tensor(index_l, dtype=torch.long)
     else:
-        section["certified"] = {"available": False, "radii": [text for text, _ in radii],
+        section["certified"] = {"available": False, "radii": labels,
                                 "reason": "no valid lipschitz_upper (unbounded layers)",
                                 "clean_accuracy": (sum(correct) / n) if n else None}
     if options.per_sample:
         per = []
-        for i in range(n):
-            row = {"index": index_l[i], "label": label_l[i], "pred": pred_l[i], "margin": finite_or_none(margin_l[i]),
-                   "certified_radius": finite_or_none(radius_l[i]) if radius_l else None}
-            if sigma_of:
-                row["sigma_max"] = finite_or_none(sigma_of.get(index_l[i], math.nan))
-            per.append(row)
+        for r in rows:
+            d = row_dict(r)
+            if not options.lower:
+                d.pop("sigma_max")
+            per.append(d)
         section["per_sample"] = per
+    return section
 
 
 # ---------------------------------------------------------------------------
@@ -444,6 +434,9 @@ ANALYSIS = Analysis(
     render=render,
     metrics=metrics,
     plot=plot,
+    check=check,
+    row=Row,
+    required=("layers", "lipschitz_upper", "lipschitz_lower"),
     needs_data=False,
     profiles={"quick": {"iters": 50}, "standard": {}, "full": {}},
     metric_patterns=(r"lipschitz_upper", r"lipschitz_lower", r"layers\.lipschitz_gap", r"certified_accuracy@.+",

@@ -32,6 +32,8 @@ def _typed_values(ctx: typer.Context, kwargs: dict[str, Any]) -> dict[str, Any]:
 def _display(value: Any) -> str:
     if isinstance(value, enum.Enum):
         return str(value.value)
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):  # labelled fractions
+        return ",".join(label for label, _ in value)
     if isinstance(value, tuple):
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return str(value)
@@ -47,7 +49,7 @@ def analysis_parameters(analysis: Analysis) -> list[inspect.Parameter]:
     ``Analysis.make_options``, the same code that validates the YAML config.
     """
     from robaudit.config import field_kind
-    from robaudit.kinds import Fraction, Fractions, Ints
+    from robaudit.kinds import Fraction, Fractions, Ints, LabelledFractions
 
     params = []
     for f in analysis.option_fields():
@@ -69,7 +71,7 @@ def analysis_parameters(analysis: Analysis) -> list[inspect.Parameter]:
             text = escape(text)
         if kind is Fraction:
             metavar = "FLOAT"
-        elif kind is Fractions:
+        elif kind is Fractions or kind is LabelledFractions:
             metavar = "LIST"
         elif kind is Ints:
             metavar = "INTS"

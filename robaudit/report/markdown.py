@@ -40,8 +40,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         if not metrics:
             lines.append("_no headline metrics_")
             continue
-        lines += [_row(["metric", "value"]), _row(["---", "---:"])]
-        lines += [_row([f"`{k}`", fmt(v)]) for k, v in metrics.items()]
+        lines += [_row(["metric", "value", "better"]), _row(["---", "---:", "---"])]
+        lines += [_row([f"`{k}`", fmt(getattr(v, "value", v)), str(getattr(getattr(v, "better", None), "value", "–"))])
+                  for k, v in metrics.items()]
     if gate:
         lines += ["", "### gate", "", _row(["metric", "value", "condition", "result"]), _row(["---", "---:", "---", "---"])]
         from robaudit.report.terminal import canonical_names
