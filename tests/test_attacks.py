@@ -17,13 +17,13 @@ from torch import nn
 
 from robaudit.analyses.attacks import ANALYSIS
 from robaudit.attacks import registry
-from robaudit.attacks.noise import NOISE_SEED_OFFSET
+from robaudit.attacks.battery import NOISE_SEED_OFFSET
 from robaudit.attacks.registry import AttackSpec, Kind
 from robaudit.attacks.run import attack_batch, seed_for
 from robaudit.attacks.threat import Norm
 from robaudit.context import AuditContext
 from robaudit.data.types import AuditData
-from robaudit.errors import UsageError
+from robaudit.errors import AttackError, UsageError
 from robaudit.models.adapt import adapt
 
 N = 128
@@ -128,6 +128,8 @@ def _strip_times(section):
         r.pop("seconds")
     for d in out["distances"].values():
         d.pop("seconds")
+    for r in out.get("per_sample", []):
+        r.pop("seconds")
     return out
 
 
@@ -142,9 +144,16 @@ def test_same_seed_same_results(sample):
     assert _strip_times(a) == _strip_times(b)
     c = run(model, data, seed=4, **opts)
     assert c["seed"] == 4
-    # a different seed moves the random starts (same eps and steps): some sample differs
-    assert [s["fooled"] for s in a["per_sample"]] != [s["fooled"] for s in c["per_sample"]] or \
-        a["noise"] != c["noise"]
+    # a different seed draws different noise for every sample (the ℓ2 size of clipped noise is continuous) ...
+    for sa, sc in zip(a["per_sample"], c["per_sample"]):
+        assert all(sa["noise_l2"][k] != sc["noise_l2"][k] for k in sa["noise_l2"])
+    # ... and different PGD random starts: the examples differ, the same seed reproduces them bit for bit
+    x, y = data.images(slice(0, 16)), data.y[:16]
+    x3, _ = attack_batch(model.module, x, y, "pgd", eps=4 / 255, steps=2, seed=3, first_index=0)
+    x3b, _ = attack_batch(model.module, x, y, "pgd", eps=4 / 255, steps=2, seed=3, first_index=0)
+    x4, _ = attack_batch(model.module, x, y, "pgd", eps=4 / 255, steps=2, seed=4, first_index=0)
+    assert torch.equal(x3, x3b)
+    assert bool(((x3 - x4).flatten(1).abs().amax(1) > 0).all())
 
 
 @pytest.mark.parametrize("name, norm, eps", [("fgsm", "linf", 8 / 255), ("pgd", "linf", 8 / 255),
@@ -207,7 +216,7 @@ def test_violations_are_counted_and_not_successes(sample, monkeypatch):
         return out
 
     _inject(monkeypatch, "fgsm", over_budget)
-    section = run(model, data, fgsm=True, eps="8/255")
+    section = run(model, data, fgsm=True, eps="8/255", prune="exhaustive")  # every sample is attacked
     r = section["results"][0]
     n_over = len(range(0, N, 2)) + len(range(1, N, 4))
     assert r["violations"] == n_over
@@ -215,38 +224,58 @@ def test_violations_are_counted_and_not_successes(sample, monkeypatch):
     assert any("failed the re-check" in s for s in section["sanity"])
 
 
-def test_attack_that_raises_is_reported_failed_others_still_run(sample, monkeypatch):
+def test_attack_that_raises_stops_the_run_with_exit_3(sample, monkeypatch):
     model, data = sample
 
     def broken(m, x, y, params):
         raise RuntimeError("boom inside torchattacks\nsecond line")
 
     _inject(monkeypatch, "tpgd", broken)
-    section = run(*sample, tpgd=True, pgd=True, eps="2/255,8/255")
-    rows = {(r["attack"], r["eps_label"]): r for r in section["results"]}
-    for label in ("2/255", "8/255"):
-        assert rows[("tpgd", label)]["status"] == "failed"
-        assert rows[("tpgd", label)]["reason"] == "RuntimeError: boom inside torchattacks"
-        assert rows[("tpgd", label)]["robust_accuracy"] is None
-        assert rows[("pgd", label)]["status"] == "ok"
-        assert section["worst_case"][label] == rows[("pgd", label)]["robust_accuracy"]
-    assert sum("tpgd failed (RuntimeError: boom inside torchattacks)" in s for s in section["sanity"]) == 1
-    render_text(section)  # failed rows render
+    with pytest.raises(AttackError) as info:
+        run(*sample, tpgd=True, pgd=True, eps="2/255,8/255")
+    assert info.value.exit_code == 3
+    assert str(info.value) == "attack tpgd at eps 2/255 failed: RuntimeError: boom inside torchattacks"
+    assert isinstance(info.value.__cause__, RuntimeError)  # --debug shows the library's traceback
 
 
-def test_ctrl_c_attaches_the_finished_part(sample, monkeypatch):
+@pytest.mark.parametrize("error", [TypeError("robaudit's own bug"), MemoryError()])
+def test_own_bugs_and_out_of_memory_are_not_attack_failures(sample, monkeypatch, error):
+    import robaudit.attacks.battery as battery
+
+    def bad_verify(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(battery, "verify", bad_verify)  # robaudit's code after the attack call
+    with pytest.raises(type(error)):
+        run(*sample, fgsm=True, eps="8/255")
+
+    def oom(m, x, y, params):
+        raise MemoryError
+
+    monkeypatch.undo()
+    _inject(monkeypatch, "fgsm", oom)  # out of memory inside the library propagates as it is
+    with pytest.raises(MemoryError):
+        run(*sample, fgsm=True, eps="8/255")
+
+
+def test_ctrl_c_attaches_the_finished_batches(sample, monkeypatch):
     model, data = sample
+    calls = []
 
-    def interrupt(m, x, y, params):
-        raise KeyboardInterrupt
+    def interrupt_on_second_batch(m, x, y, params):
+        calls.append(len(y))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return x.clone()
 
-    _inject(monkeypatch, "tpgd", interrupt)  # tpgd runs after pgd (registry order)
+    _inject(monkeypatch, "tpgd", interrupt_on_second_batch)  # tpgd runs after pgd in each batch
     with pytest.raises(KeyboardInterrupt) as info:
-        run(model, data, pgd=True, tpgd=True, eps="8/255")
+        run(model, data, pgd=True, tpgd=True, eps="8/255", batch_size=64)
     partial = info.value.partial_section
-    assert partial["complete"] is False
-    assert [r["attack"] for r in partial["results"]] == ["pgd"]
-    assert partial["worst_case"]["8/255"] == partial["results"][0]["robust_accuracy"]
+    assert partial["complete"] is False and partial["n"] == 64  # the first batch, whole
+    assert [r["attack"] for r in partial["results"]] == ["pgd", "tpgd"]
+    # per-attack rows (the default): the worst case is at most every attack's own robust accuracy
+    assert partial["worst_case"]["8/255"] <= min(r["robust_accuracy"] for r in partial["results"])
     assert model.module.training is False
 
 
@@ -290,9 +319,15 @@ def test_model_left_as_found(fail, monkeypatch):
         def broken(m, x, y, params):
             raise RuntimeError("boom")
         _inject(monkeypatch, "pgd", broken)
-    section = ANALYSIS.run(make_ctx(loaded, _tiny_data(), batch_size=8),
-                           ANALYSIS.make_options({"pgd": True, "cw": True, "deepfool": True, "fgsm": True,
-                                                  "steps": 5, "eps": "8/255"}))
+    options = ANALYSIS.make_options({"pgd": True, "cw": True, "deepfool": True, "fgsm": True, "steps": 5,
+                                     "eps": "8/255", "prune": "exhaustive"})
+    if fail:
+        with pytest.raises(AttackError, match="pgd"):
+            ANALYSIS.run(make_ctx(loaded, _tiny_data(), batch_size=8), options)
+    else:
+        section = ANALYSIS.run(make_ctx(loaded, _tiny_data(), batch_size=8), options)
+        assert {r["attack"]: r["status"] for r in section["results"]} == {"fgsm": "ok", "pgd": "ok", "cw": "ok",
+                                                                          "deepfool": "ok"}
     assert {name: m.training for name, m in module.named_modules()} == modes
     assert {name: p.requires_grad for name, p in module.named_parameters()} == flags
     after = module.state_dict()
@@ -300,8 +335,6 @@ def test_model_left_as_found(fail, monkeypatch):
     assert all(torch.equal(state[k], after[k]) for k in state)
     assert all(p.grad is None for p in module.parameters())  # CW/DeepFool call backward()
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in module.modules())
-    statuses = {r["attack"]: r["status"] for r in section["results"]}
-    assert statuses == {"fgsm": "ok", "pgd": "failed" if fail else "ok", "cw": "ok", "deepfool": "ok"}
 
 
 def test_n_classes_comes_from_the_model():
@@ -334,18 +367,25 @@ def test_apgdt_runs_on_a_12_class_model():
 # ---------------------------------------------------------------- targeted, minimal, noise
 
 def test_targeted_successes_hit_their_targets(sample):
-    from robaudit.attacks.run import make_targets
+    from robaudit.attacks.run import keyed_targets
 
     model, data = sample
-    targets = make_targets(data.y, 10, seed_for(0, "targets"))
-    assert bool((targets != data.y).all())
-    assert torch.equal(targets, make_targets(data.y, 10, seed_for(0, "targets")))
+    index = torch.as_tensor(data.indices)
+    targets = keyed_targets(index, data.y, 10, seed_for(0, "targets"))
+    assert bool((targets != data.y).all()) and len(set(targets.tolist())) == 10
+    # keyed by dataset index: any split into batches gives the same targets
+    halves = torch.cat([keyed_targets(index[:50], data.y[:50], 10, seed_for(0, "targets")),
+                        keyed_targets(index[50:], data.y[50:], 10, seed_for(0, "targets"))])
+    assert torch.equal(targets, halves)
     section = run(model, data, pgd=True, targeted=True, eps="16/255", steps=20, per_sample=True)
     r = section["results"][0]
     assert r["targeted"] is True and r["status"] == "ok"
     # a targeted success is a misclassification; robust accuracy still counts any misclassification
     assert r["success_rate"] > 0
     assert r["n_success"] <= sum(s["fooled"]["pgd@16/255"] and s["correct"] for s in section["per_sample"])
+    assert [s["target"] for s in section["per_sample"]] == targets.tolist()
+    hits = sum(s["success"]["pgd@16/255"] and s["correct"] for s in section["per_sample"])
+    assert r["n_success"] == hits
 
 
 def test_minimal_attacks_rows_follow_from_their_distances(sample):
@@ -379,11 +419,11 @@ def test_noise_matches_a_hand_computation(sample):
     model, data = sample
     sigmas = (0.1, 0.3)
     section = run(model, data, noise=True, sigmas="0.1,0.3", seed=5, batch_size=50)
-    gen_seed = seed_for(5, "noise") + NOISE_SEED_OFFSET
     for sigma, r in zip(sigmas, section["noise"]):
-        torch.manual_seed(gen_seed)
         correct = 0
         for start in range(0, N, 50):
+            # each batch is seeded from (seed, "noise", its first dataset index)
+            torch.manual_seed(seed_for(5, "noise", int(data.indices[start])) + NOISE_SEED_OFFSET)
             x, y = data.images(slice(start, start + 50)), data.y[start:start + 50]
             noisy = (x + sigma * torch.randn_like(x)).clamp(0, 1)
             with torch.no_grad():
@@ -415,42 +455,72 @@ def test_gradient_masking_is_flagged():
     assert any("gradient masking" in s for s in section["sanity"])
 
 
-def test_clean_pass_checks_gradients_on_whole_leading_batches(sample):
-    from robaudit.attacks.run import clean_pass
+def test_gradient_check_subset_is_keyed_by_index_not_batching(sample):
+    from robaudit.attacks.battery import GRAD_CHECK_SAMPLES, clean_check
 
     model, data = sample
-    full = clean_pass(model.module, data, batch_size=48, device=torch.device("cpu"), dtype=torch.float32)
-    part = clean_pass(model.module, data, batch_size=48, device=torch.device("cpu"), dtype=torch.float32,
-                      grad_samples=50)
-    assert len(full.zero_grad) == N and len(part.zero_grad) == 96  # two whole batches of 48
-    assert torch.equal(full.pred, part.pred) and torch.equal(part.zero_grad, full.zero_grad[:96])
-    assert not bool(full.zero_grad.any()) and not bool(full.nan_grad.any())  # a healthy LeNet
+    index = torch.as_tensor(data.indices)
+    x, y = data.images(slice(None)), data.y
+    # pretend the run has 1,024 samples: about GRAD_CHECK_SAMPLES / 1024 = 1/4 of them are checked
+    whole = clean_check(model.module, index, x, y, seed=0, n_total=1024)
+    parts = [clean_check(model.module, index[s:s + 48], x[s:s + 48], y[s:s + 48], seed=0, n_total=1024)
+             for s in range(0, N, 48)]
+    for i in range(4):
+        assert torch.equal(whole[i], torch.cat([p[i] for p in parts]))
+    checked = int(whole[1].sum())
+    assert 0.1 * N < checked < 0.45 * N  # ~N/4 (binomial)
+    with torch.no_grad():
+        assert torch.equal(whole[0], model.module(x).argmax(1))
+    assert not bool(whole[2].any()) and not bool(whole[3].any())  # a healthy LeNet
+    assert bool(clean_check(model.module, index, x, y, seed=0, n_total=GRAD_CHECK_SAMPLES)[1].all())
 
 
-def _plan(norm="linf", eps="2/255,8/255"):
+def _plan(norm="linf", eps="2/255,8/255", prune="per-attack"):
     from robaudit.attacks.plan import make_plan
 
-    return make_plan(ANALYSIS.make_options({"pgd": True, "square": True, "eps": eps, "norm": norm}), 10)
+    return make_plan(ANALYSIS.make_options({"pgd": True, "square": True, "eps": eps, "norm": norm,
+                                            "prune": prune}), 10)
+
+
+def _fake_rows(n, fooled):
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(correct=True, grad_checked=True, zero_grad=False, nan_grad=False,
+                            fooled={k: v[i] for k, v in fooled.items()},
+                            violations={k: 0 for k in fooled}) for i in range(n)]
 
 
 def test_square_beating_white_box_and_non_monotone_are_flagged():
-    from robaudit.attacks.run import CleanPass
     from robaudit.attacks.summary import sanity
 
     plan = _plan()
     n = 10
-    clean = CleanPass(pred=torch.zeros(n, dtype=torch.long), correct=torch.ones(n, dtype=torch.bool),
-                      zero_grad=torch.zeros(n, dtype=torch.bool), nan_grad=torch.zeros(n, dtype=torch.bool))
-    rows = [
-        {"attack": "pgd", "eps": 2 / 255, "eps_label": "2/255", "robust_accuracy": 0.6, "status": "ok", "violations": 0},
-        {"attack": "pgd", "eps": 8 / 255, "eps_label": "8/255", "robust_accuracy": 0.7, "status": "ok", "violations": 0},
-        {"attack": "square", "eps": 2 / 255, "eps_label": "2/255", "robust_accuracy": 0.6, "status": "ok", "violations": 0},
-        {"attack": "square", "eps": 8 / 255, "eps_label": "8/255", "robust_accuracy": 0.5, "status": "ok", "violations": 0},
+    results = [
+        {"attack": "pgd", "eps": 2 / 255, "eps_label": "2/255", "robust_accuracy": 0.6, "status": "ok"},
+        {"attack": "pgd", "eps": 8 / 255, "eps_label": "8/255", "robust_accuracy": 0.7, "status": "ok"},
+        {"attack": "square", "eps": 2 / 255, "eps_label": "2/255", "robust_accuracy": 0.6, "status": "ok"},
+        {"attack": "square", "eps": 8 / 255, "eps_label": "8/255", "robust_accuracy": 0.5, "status": "ok"},
     ]
-    flags = sanity([], plan, clean, rows, {}, [])
+    keys = ["pgd@2/255", "pgd@8/255", "square@2/255", "square@8/255"]
+    flags = sanity(_fake_rows(n, {k: [False] * n for k in keys}), plan, results, {}, [])
     assert sum("Square" in f for f in flags) == 1 and any("8/255" in f and "Square" in f for f in flags)
     assert any("pgd is not monotone" in f for f in flags)
     assert not any("square is not monotone" in f for f in flags)
+
+
+def test_square_after_white_box_in_a_cascade_is_flagged_per_sample():
+    from robaudit.attacks.summary import sanity
+
+    plan = _plan(prune="cascade")
+    assert [a.spec.name for a in plan.attacks] == ["pgd", "square"]
+    fooled = {"pgd@2/255": [True, False, False, False], "pgd@8/255": [True, True, False, False],
+              "square@2/255": [False, True, False, False], "square@8/255": [False, False, True, False]}
+    flags = sanity(_fake_rows(4, fooled), plan, [], {}, [])
+    assert len([f for f in flags if "Square" in f]) == 2
+    assert any("eps 2/255" in f and "broke 1 sample" in f for f in flags)
+    fooled["square@2/255"] = [False] * 4
+    fooled["square@8/255"] = [True, True, False, False]  # only what pgd found already
+    assert not any("Square" in f for f in sanity(_fake_rows(4, fooled), plan, [], {}, []))
 
 
 # ---------------------------------------------------------------- metrics, render, plot
@@ -504,37 +574,47 @@ def test_usage_errors_from_options(sample):
         ({"fgsm": True, "steps": 5}, "--steps"),
         ({"fgsm": True, "alpha": "1/255"}, "--alpha"),
         ({"pgd": True, "eps": "2"}, "--allow-large-eps"),
-        ({"pgd": True, "eps": "abc"}, "--eps"),
-        ({"pgd": True, "eps": "-1/255"}, "--eps"),
-        ({"pgd": True, "eps": "1/0"}, "--eps"),
-        ({"pgd": True, "eps": "nan"}, "--eps"),
+        ({"pgd": True, "eps": "abc"}, "analyses.attacks.eps"),
+        ({"pgd": True, "eps": "-1/255"}, "analyses.attacks.eps"),
+        ({"pgd": True, "eps": "1/0"}, "analyses.attacks.eps"),
+        ({"pgd": True, "eps": "nan"}, "analyses.attacks.eps"),
         ({"pgd": True, "eps": "1/255,1/255"}, "duplicate"),
         ({"fgsm": True, "norm": "l2"}, "--fgsm"),
         ({"pgd": True, "pgdl2": True}, "one norm per run"),
         ({"tpgd": True, "targeted": True}, "--targeted"),
         ({"pgd": True, "sigmas": "0.1"}, "--sigmas"),
-        ({"noise": True, "sigmas": "0,-1"}, "--sigmas"),
+        ({"noise": True, "sigmas": "0,-1"}, "analyses.attacks.sigmas"),
+        ({"noise": True, "sigmas": "0,0.1"}, "--sigmas"),
+        ({"pgd": True, "norm": "l3"}, "analyses.attacks.norm"),
+        ({"pgd": True, "prune": "some"}, "analyses.attacks.prune"),
         ({"pgd": True, "alpha": "0"}, "--alpha"),
     ]
     for options, pattern in bad:
-        with pytest.raises(UsageError, match=pattern.replace("-", r"\-")):
+        with pytest.raises(UsageError, match=pattern.replace("-", r"\-").replace(".", r"\.")):
             run(model, data, **options)
     ok = run(model, data, pgd=True, eps="2", allow_large_eps=True, steps=1)
     assert ok["results"][0]["robust_accuracy"] is not None
 
 
-def test_registry_is_complete_and_every_spec_builds(sample):
-    from robaudit.analyses.attacks import ATTACK_NAMES, Options
-    from robaudit.attacks.run import resolve_params
+def test_registry_is_complete_and_every_spec_returns_checked_examples(sample):
+    from robaudit.analyses.attacks import Options
+    from robaudit.attacks.run import budget_of, build_attack, resolve_params, verify
 
-    fields = {f for f in Options.__dataclass_fields__}
-    assert set(registry.REGISTRY) == set(ATTACK_NAMES) <= fields
-    model, _ = sample
+    attack_flags = {f for f, v in Options.__dataclass_fields__.items() if v.default is False} - {
+        "noise", "targeted", "allow_large_eps", "per_sample"}
+    assert set(registry.REGISTRY) == attack_flags
+    model, data = sample
+    x, y = data.images(slice(0, 4)), data.y[:4]
     for spec in registry.REGISTRY.values():
-        for norm in spec.norms:
-            params = resolve_params(spec, norm=norm, eps=0.1, n_classes=10, seed=1)
-            atk = spec.build(model.module, params)
-            assert callable(atk)
+        for norm in sorted(spec.norms):
+            params = resolve_params(spec, norm=norm, eps=0.1, steps=2, queries=20, n_classes=10, seed=1)
+            atk = build_attack(model.module, spec, params, torch.device("cpu"), [None])
+            assert getattr(atk, "eps", params.eps) == params.eps  # the budget reached the library object
+            if spec.name == "autoattack":  # four attacks at 100 steps each: too slow to run here
+                assert (atk.norm, atk.n_classes, atk.seed) == ({"linf": "Linf", "l2": "L2"}[norm.value], 10, 1)
+                continue
+            check = verify(model.module, x, y, atk(x, y), budget_of(spec, params))
+            assert not bool(check.violation.any()), (spec.name, norm)
     for battery in registry.BATTERIES.values():
         for names in battery.attacks.values():
             assert set(names) <= set(registry.REGISTRY)
@@ -544,8 +624,9 @@ def test_restarts_only_add_successes(sample):
     # One batch: the first restart draws exactly what the single run draws, so the union over
     # restarts can only lower robust accuracy.
     model, data = sample
-    one = run(model, data, batch_size=N, pgd=True, tpgd=True, eps="4/255", steps=5, per_sample=True)
-    three = run(model, data, batch_size=N, pgd=True, tpgd=True, eps="4/255", steps=5, restarts=3, per_sample=True)
+    opts = dict(pgd=True, tpgd=True, eps="4/255", steps=5, per_sample=True, prune="per-attack")
+    one = run(model, data, batch_size=N, **opts)
+    three = run(model, data, batch_size=N, restarts=3, **opts)
     for name in ("pgd", "tpgd"):
         key = f"{name}@4/255"
         assert by(three, name, "4/255")["restarts"] == 3
@@ -553,13 +634,19 @@ def test_restarts_only_add_successes(sample):
         assert by(three, name, "4/255")["robust_accuracy"] <= by(one, name, "4/255")["robust_accuracy"]
 
 
-def test_fab_refuses_float64_clearly():
+def test_fab_refuses_float64_before_any_attack_runs(monkeypatch):
     loaded = _tiny_loaded(12)
     loaded.module.double()
     data = _tiny_data()
     data = AuditData(data.name, data.split, data.x.double(), data.y, data.indices)
     ctx = AuditContext(model=loaded, data=data, device=torch.device("cpu"), dtype=torch.float64, batch_size=8)
-    section = ANALYSIS.run(ctx, ANALYSIS.make_options({"fab": True, "fgsm": True, "eps": "8/255"}))
-    status = {r["attack"]: (r["status"], r["reason"]) for r in section["results"]}
-    assert status["fgsm"] == ("ok", None)
-    assert status["fab"][0] == "failed" and "--dtype float32" in status["fab"][1]
+
+    def never(*args, **kwargs):
+        raise AssertionError("an attack ran")
+
+    monkeypatch.setattr("robaudit.attacks.battery.run_battery", never)
+    with pytest.raises(UsageError, match="--fab.*--dtype float32") as info:
+        ANALYSIS.run(ctx, ANALYSIS.make_options({"fab": True, "fgsm": True, "eps": "8/255"}))
+    assert info.value.exit_code == 2
+    with pytest.raises(UsageError, match="float32"):
+        attack_batch(loaded.module, data.x[:2], data.y[:2], "fab", norm="l2", eps=1.0)

@@ -38,6 +38,8 @@ def _plain(value):
 
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):  # labelled fractions
+        return ",".join(label for label, _ in value)
     if isinstance(value, tuple):
         return list(value)
     return value

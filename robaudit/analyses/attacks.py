@@ -3,13 +3,17 @@
 Attacks run in pixel space [0,1] on the adapted model (normalisation inside).
 Every returned adversarial example is re-checked (budget, box, success on the
 model) before it counts. Settings follow Johansson et al. 2022, Sec. 4.2.2 and
-Hoffman et al. 2019, Sec. 3.2 / App. F (white noise, FGSM, PGD, CW).
+Hoffman et al. 2019, Sec. 3.2 / App. F (white noise, FGSM, PGD, CW). Which
+samples each attack runs on (the pruning of issue 16, AutoAttack's cascade by
+default) and what each number then means: :mod:`robaudit.attacks.battery` and
+:mod:`robaudit.attacks.summary`.
 
 No torch at module level: the engine lives in :mod:`robaudit.attacks`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -17,13 +21,14 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from robaudit.analyses.base import Analysis, opt
-from robaudit.report.terminal import fmt
+from robaudit.analyses.base import Analysis, Metric, opt
+from robaudit.kinds import AttackBattery, AttackNorm, Better, Fraction, Fractions, Pruning
+from robaudit.numfmt import fmt
 
 if TYPE_CHECKING:  # pragma: no cover
+    from robaudit.analyses.runner import Batch
+    from robaudit.attacks.plan import AttackPlan
     from robaudit.context import AuditContext
-
-ATTACK_NAMES = ("fgsm", "pgd", "pgdl2", "tpgd", "square", "cw", "deepfool", "apgd", "apgdt", "fab", "autoattack")
 
 
 @dataclass(frozen=True)
@@ -40,166 +45,131 @@ class Options:
     fab: bool = opt(False, "FAB, minimal distance, accepted up to the largest eps (linf or l2).")
     autoattack: bool = opt(False, "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (slow).")
     noise: bool = opt(False, "Gaussian white-noise baseline over --sigmas, clipped to [0,1].")
-    battery: str | None = opt(None, "Preset: quick (FGSM + PGD-10, 2 eps), standard, full. Default when no attack flag: quick.",
-                              choices=("quick", "standard", "full"))
-    eps: str | None = opt(None, "Budget or grid, fractions allowed, e.g. 8/255 or 0,2/255,4/255,8/255 "
-                                "(default: 8/255 linf, 0.5 l2; the battery's grid with --battery).")
-    norm: str | None = opt(None, "Threat model norm (default: linf, or l2 for --pgdl2).", choices=("linf", "l2"))
-    alpha: str | None = opt(None, "PGD/TPGD step size, e.g. 2/255 (default: 2.5*eps/steps).")
-    steps: int | None = opt(None, "Iterations (default: PGD/TPGD/APGD/FAB 10, CW 1000, DeepFool 50, or the battery's).", min=1)
-    restarts: int | None = opt(None, "Random restarts (PGD/TPGD: best of N; APGD/FAB/Square: native).", min=1)
-    queries: int | None = opt(None, "Square: queries per sample (default: 5000).", min=1)
+    battery: AttackBattery | None = opt(None, "Preset: quick (FGSM + PGD-10, 2 eps), standard, full. Default when "
+                                        "no attack flag: quick.", kind=AttackBattery)
+    eps: tuple | None = opt(None, "Budget or grid, fractions allowed, e.g. 8/255 or 0,2/255,4/255,8/255 "
+                                  "(default: 8/255 linf, 0.5 l2; the battery's grid with --battery).",
+                            kind=Fractions, min=0.0)
+    norm: AttackNorm | None = opt(None, "Threat model norm (default: linf, or l2 for --pgdl2).", kind=AttackNorm)
+    alpha: float | None = opt(None, "PGD/TPGD step size, e.g. 2/255 (default: 2.5*eps/steps).", kind=Fraction,
+                              min=0.0)
+    steps: int | None = opt(None, "Iterations (default: PGD/TPGD/APGD/FAB 10, CW 1000, DeepFool 50, or the "
+                                  "battery's).", kind=int, min=1)
+    restarts: int | None = opt(None, "Random restarts (PGD/TPGD: best of N; APGD/FAB/Square: native).", kind=int,
+                               min=1)
+    queries: int | None = opt(None, "Square: queries per sample (default: 5000).", kind=int, min=1)
     targeted: bool = opt(False, "Targeted attacks (a random target class per sample, fixed by --seed).")
-    n_classes: int | None = opt(None, "Classes for FAB/APGD-T/AutoAttack (default: the model's).", min=2)
+    n_classes: int | None = opt(None, "Classes for FAB/APGD-T/AutoAttack (default: the model's).", kind=int, min=2)
     allow_large_eps: bool = opt(False, "Allow linf eps > 1 (normally a typo for eps/255).")
-    per_sample: bool = opt(False, "Include per-sample success flags and distances in the JSON.")
-    plot: str | None = opt(None, "Write the accuracy-vs-eps curve to this PNG.")
-    sigmas: str | None = opt(None, "Noise standard deviations (default: 0.05,0.1,0.2,0.4).")
+    per_sample: bool = opt(False, "Include one row per sample (what each attack found) in the JSON.")
+    plot: str | None = opt(None, "Write the accuracy-vs-eps curve to this PNG.", kind=str)
+    sigmas: tuple | None = opt(None, "Noise standard deviations (default: 0.05,0.1,0.2,0.4).", kind=Fractions,
+                               min=0.0)
+    prune: Pruning = opt(Pruning.PER_ATTACK, "Samples the battery skips: per-attack (misclassified ones and "
+                         "those the same attack broke at a smaller eps: each row is its attack's own robust "
+                         "accuracy, exactly), cascade (also those an earlier attack broke, as AutoAttack does: "
+                         "fastest, and each row then counts the attacks before it), exhaustive (none; slowest).")
+
+
+@dataclass(frozen=True)
+class Row:
+    """What the battery found on one sample. Keys ``attack@eps`` (e.g. ``pgd@8/255``) index the
+    per-attack dicts; see :class:`robaudit.attacks.battery.Found` for their meaning."""
+
+    index: int
+    label: int
+    pred: int
+    correct: bool
+    target: int | None
+    grad_checked: bool
+    zero_grad: bool
+    nan_grad: bool
+    attacked: dict
+    fooled: dict
+    success: dict
+    violations: dict
+    dist_linf: dict
+    dist_l2: dict
+    distance: dict
+    min_dist_linf: dict
+    min_dist_l2: dict
+    robust: dict
+    noise_correct: dict
+    noise_linf: dict
+    noise_l2: dict
+    noise_violation: dict
+    seconds: dict
+
+
+def _num(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def compute_rows(model, batch: "Batch", plan: "AttackPlan", *, seed: int, n_total: int,
+                 advance=lambda n: None) -> list[Row]:
+    """The battery on one batch, one Row per sample (keyed randomness: any batch order gives the same rows)."""
+    from robaudit.attacks.battery import key, run_battery
+
+    f = run_battery(model, batch.index, batch.x, batch.y, plan, seed=seed, n_total=n_total, advance=advance)
+    b, at = len(batch.y), f.found
+    robust = {e.label: f.correct.clone() for e in plan.eps}
+    for e in plan.eps:  # the worst case: fooled by no attack within eps
+        for a in plan.attacks:
+            robust[e.label] &= ~at[key(a.spec.name, e.label)].fooled
+    return [Row(
+        index=int(index), label=int(label), pred=int(f.pred[i]), correct=bool(f.correct[i]),
+        target=int(f.target[i]) if f.target is not None else None, grad_checked=bool(f.grad_checked[i]),
+        zero_grad=bool(f.zero_grad[i]), nan_grad=bool(f.nan_grad[i]),
+        attacked={k: bool(v.attacked[i]) for k, v in at.items()}, fooled={k: bool(v.fooled[i]) for k, v in at.items()},
+        success={k: bool(v.success[i]) for k, v in at.items()},
+        violations={k: int(v.violations[i]) for k, v in at.items()},
+        dist_linf={k: _num(float(v.dist_linf[i])) for k, v in at.items()},
+        dist_l2={k: _num(float(v.dist_l2[i])) for k, v in at.items()},
+        distance={k: _num(float(v[i])) for k, v in f.distance.items()},
+        min_dist_linf={k: _num(float(lin[i])) if s[i] else None for k, (s, lin, _) in f.minimal.items()},
+        min_dist_l2={k: _num(float(l2[i])) if s[i] else None for k, (s, _, l2) in f.minimal.items()},
+        robust={label: bool(r[i]) for label, r in robust.items()},
+        noise_correct={k: bool(v[0][i]) for k, v in f.noise.items()},
+        noise_linf={k: _num(float(v[1][i])) for k, v in f.noise.items()},
+        noise_l2={k: _num(float(v[2][i])) for k, v in f.noise.items()},
+        noise_violation={k: bool(v[3][i]) for k, v in f.noise.items()},
+        seconds={**{k: v.seconds / b for k, v in at.items()}, **{f"noise@{k}": v[4] / b for k, v in f.noise.items()}})
+        for i, (index, label) in enumerate(zip(batch.index.tolist(), batch.y.tolist()))]
 
 
 def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
-    """Run the planned attacks; returns the ``analyses.attacks`` section.
+    """Run the planned battery batch by batch; returns the ``analyses.attacks`` section.
 
-    On Ctrl-C the finished part is attached to the KeyboardInterrupt as
+    On Ctrl-C the finished batches are attached to the KeyboardInterrupt as
     ``exc.partial_section`` (marked ``"complete": false``) and it is re-raised.
     """
     import torch
 
-    from robaudit.attacks.noise import run_noise
+    from robaudit.analyses.runner import batches
     from robaudit.attacks.plan import make_plan
-    from robaudit.attacks.registry import Kind
-    from robaudit.attacks.run import clean_pass, make_targets, resolve_params, run_attack, seed_for
-    from robaudit.attacks.summary import Ran
+    from robaudit.attacks.summary import summarise
     from robaudit.errors import DataError
+    from robaudit.models.guard import preserved
 
     data = ctx.require_data("attack")
-    plan = make_plan(options, ctx.model.num_classes)
+    plan = make_plan(options, ctx.model.num_classes, float64=ctx.dtype == torch.float64)
     if len(data) == 0:
         raise DataError("attack: the dataset is empty")
     if (data.y < 0).any() or (data.y >= ctx.model.num_classes).any():
         raise DataError(f"attack: labels must be in 0..{ctx.model.num_classes - 1} for a "
                         f"{ctx.model.num_classes}-class model (unknown labels are -1)")
+    n, rows = len(data), []
     model = ctx.model.module
-    torch.manual_seed(ctx.seed)
-    common = dict(batch_size=ctx.batch_size, device=ctx.device, dtype=ctx.dtype)
-    clean = clean_pass(model, data, **common)
-    targets = make_targets(data.y, ctx.model.num_classes, seed_for(ctx.seed, "targets")) if plan.targeted else None
-    runs: list[Ran] = []
-    noise_outcomes: list = []
-    n = len(data)
-    try:
-        for planned in plan.attacks:
-            spec = planned.spec
-            seed = seed_for(ctx.seed, spec.name)
-            # MINIMAL attacks run once (FAB with the largest eps as its cap), BUDGET ones per eps.
-            budgets = [None] if spec.kind is Kind.MINIMAL else list(plan.eps)
-            with ctx.progress(f"{spec.name}", n * len(budgets)) as task:
-                for eps in budgets:
-                    value = eps.value if eps is not None else (plan.eps[-1].value if plan.eps else None)
-                    params = resolve_params(spec, norm=plan.norm, eps=value, alpha=planned.alpha, steps=planned.steps,
-                                            restarts=planned.restarts, queries=planned.queries,
-                                            n_classes=plan.n_classes, seed=seed, targeted=plan.targeted)
-                    outcome = run_attack(model, data, spec, params, seed=seed, targets=targets,
-                                         advance=task.advance, **common)
-                    runs.append(Ran(planned, eps, outcome))
-        if plan.sigmas:
-            with ctx.progress("noise", n * len(plan.sigmas)) as task:
-                for sigma in plan.sigmas:
-                    out = run_noise(model, data, sigma.value, seed=seed_for(ctx.seed, "noise"),
-                                    advance=task.advance, **common)
-                    noise_outcomes.append((sigma, out))
-    except KeyboardInterrupt as exc:
-        exc.partial_section = build_section(plan, clean, runs, noise_outcomes, data, options,  # type: ignore[attr-defined]
-                                            seed=ctx.seed, complete=False)
-        raise
-    return build_section(plan, clean, runs, noise_outcomes, data, options, seed=ctx.seed, complete=True)
-
-
-def build_section(plan, clean, runs, noise_outcomes, data, options: Options, *, seed: int,
-                  complete: bool) -> dict[str, Any]:
-    """The JSON-safe section from finished runs (also used for the partial section on Ctrl-C)."""
-    from robaudit.attacks.registry import Kind
-    from robaudit.attacks.summary import distance_curve, distance_summary, row, sanity, worst_case
-
-    n = len(clean.correct)
-    rows: list[dict[str, Any]] = []
-    for ran in runs:
-        if ran.planned.spec.kind is Kind.MINIMAL:
-            rows.extend(row(ran, plan, eps, clean) for eps in plan.eps)
-        else:
-            rows.append(row(ran, plan, ran.eps, clean))
-    worst = worst_case(runs, plan, clean)
-    worst_acc = {label: (int(r.sum()) / n if r is not None else None) for label, r in worst.items()}
-    noise_rows = []
-    for sigma, out in noise_outcomes:
-        noise_rows.append({
-            "sigma": sigma.value, "sigma_label": sigma.label, "accuracy": int(out.correct.sum()) / n,
-            "mean_l2": float(out.dist_l2.mean()), "mean_linf": float(out.dist_linf.mean()),
-            "seconds": round(out.seconds, 4), "violations": out.violations})
-    series: dict[str, list[float | None]] = {}
-    for r in rows:
-        series.setdefault(r["attack"], [None] * len(plan.eps))
-        series[r["attack"]][[e.value for e in plan.eps].index(r["eps"])] = r["robust_accuracy"]
-    series["worst_case"] = [worst_acc[e.label] for e in plan.eps]
-    minimal = [ran for ran in runs if ran.planned.spec.kind is Kind.MINIMAL]
-    section: dict[str, Any] = {
-        "complete": complete,
-        "norm": plan.norm.value,
-        "n": n,
-        "battery": plan.battery,
-        "attacks_run": plan.names,
-        "targeted": plan.targeted,
-        "seed": seed,
-        "eps": [{"label": e.label, "value": e.value} for e in plan.eps],
-        "clean_accuracy": int(clean.correct.sum()) / n,
-        "results": rows,
-        "worst_case": worst_acc,
-        "curve": {"norm": plan.norm.value, "eps": [e.value for e in plan.eps], "labels": [e.label for e in plan.eps],
-                  "clean_accuracy": int(clean.correct.sum()) / n, "series": series,
-                  "distance_curves": {ran.planned.spec.name: c for ran in minimal
-                                      if (c := distance_curve(ran, plan, clean)) is not None}},
-        "distances": {ran.planned.spec.name: distance_summary(ran, plan, clean) for ran in minimal},
-        "noise": noise_rows,
-        "gradient_check": {"n": len(clean.zero_grad), "zero": int(clean.zero_grad.sum()),
-                           "nan": int(clean.nan_grad.sum())},
-        "sanity": sanity(runs, plan, clean, rows, worst, noise_rows),
-    }
-    if getattr(options, "per_sample", False):
-        section["per_sample"] = per_sample(plan, clean, runs, noise_outcomes, worst, data)
-    return section
-
-
-def per_sample(plan, clean, runs, noise_outcomes, worst, data) -> list[dict[str, Any]]:
-    """Per-sample flags: fooled per attack@eps, distances of MINIMAL attacks, robust per eps."""
-    import math
-
-    from robaudit.attacks.registry import Kind
-    from robaudit.attacks.summary import fooled_at
-
-    columns: dict[str, list[bool]] = {}
-    for ran in runs:
-        for eps in (plan.eps if ran.planned.spec.kind is Kind.MINIMAL else [ran.eps]):
-            fooled = fooled_at(ran, plan, eps)
-            if fooled is not None:
-                columns[f"{ran.planned.spec.name}@{eps.label}"] = fooled.tolist()
-    distances = {ran.planned.spec.name: ran.outcome.distance(plan.norm).tolist() for ran in runs
-                 if ran.planned.spec.kind is Kind.MINIMAL and ran.outcome.status == "ok"}
-    found = {ran.planned.spec.name: ran.outcome.misclassified.tolist() for ran in runs
-             if ran.planned.spec.kind is Kind.MINIMAL and ran.outcome.status == "ok"}
-    robust = {label: r.tolist() for label, r in worst.items() if r is not None}
-    noisy = {sigma.label: out.correct.tolist() for sigma, out in noise_outcomes}
-    out = []
-    for i in range(len(clean.correct)):
-        entry = {"index": int(data.indices[i]), "label": int(data.y[i]), "pred": int(clean.pred[i]),
-                 "correct": bool(clean.correct[i]),
-                 "fooled": {k: bool(v[i]) for k, v in columns.items()},
-                 "distance": {k: (float(v[i]) if found[k][i] and math.isfinite(v[i]) else None)
-                              for k, v in distances.items()},
-                 "robust": {k: bool(v[i]) for k, v in robust.items()}}
-        if noisy:
-            entry["noise_correct"] = {k: bool(v[i]) for k, v in noisy.items()}
-        out.append(entry)
-    return out
+    with preserved(model, eval=True, freeze=True), \
+            ctx.progress(f"attacks ({plan.prune.value})", n * (plan.runs + len(plan.sigmas))) as task:
+        try:
+            for batch in batches(ctx, "attack"):
+                rows.extend(compute_rows(model, batch, plan, seed=ctx.seed, n_total=n, advance=task.advance))
+        except KeyboardInterrupt as exc:
+            exc.partial_section = summarise(rows, plan, seed=ctx.seed, per_sample=options.per_sample,  # type: ignore[attr-defined]
+                                            complete=False)
+            raise
+    return summarise(rows, plan, seed=ctx.seed, per_sample=options.per_sample)
 
 
 # ---------------------------------------------------------------- rendering (JSON only)
@@ -241,6 +211,9 @@ def render(section: Mapping[str, Any]) -> list:
                       *[""] * (len(columns) - 4))
     if rows:
         out.append(table)
+    if any(len(r.get("after") or []) > 1 for r in rows):
+        out.append(Text("cascade: each attack ran only on the samples the attacks above it left unbroken, so its "
+                        "robust accuracy counts theirs too (--prune per-attack: each attack alone)", style="dim"))
     if any(r.get("shared_run") for r in rows):
         out.append(Text("* minimal-distance attack: one run, robust accuracy read off its distances at each eps",
                         style="dim"))
@@ -273,46 +246,68 @@ def render(section: Mapping[str, Any]) -> list:
 
 # ---------------------------------------------------------------- gate metrics
 
-def _eps_keys(label: str, value: float | None) -> list[str]:
-    """The label as typed plus decimal aliases (6 and 4 significant digits)."""
-    keys = [label]
+def _decimal_forms(label: str, value: float | None) -> list[str]:
+    """Decimal spellings of an eps (6 and 4 significant digits) the gate also accepts."""
+    forms = []
     if value is not None:
         for form in (f"{value:.6g}", f"{value:.4g}"):
-            if form not in keys:
-                keys.append(form)
-    return keys
+            if form != label and form not in forms:
+                forms.append(form)
+    return forms
 
 
-def metrics(section: Mapping[str, Any]) -> dict[str, float]:
-    """Gate aliases, e.g. ``attacks.pgd@8/255.robust_accuracy``, ``attacks.worst_case@8/255``
-    (also ``@0.0313725`` / ``@0.03137``), ``attacks.clean_accuracy``, ``attacks.cw.median_l2``."""
-    out: dict[str, float] = {}
+def metrics(section: Mapping[str, Any]) -> dict[str, Metric]:
+    """Canonical metric names, eps spelled as the user typed it: ``attacks.pgd@8/255.robust_accuracy``,
+    ``attacks.worst_case@8/255``, ``attacks.clean_accuracy``, ``attacks.cw.median_l2``, ``attacks.noise@0.1.accuracy``.
+
+    Accuracies and distances: higher is better; success rates and violations: lower is better.
+    """
+    out: dict[str, Metric] = {}
     if section.get("clean_accuracy") is not None:
-        out["attacks.clean_accuracy"] = section["clean_accuracy"]
+        out["attacks.clean_accuracy"] = Metric(section["clean_accuracy"], Better.HIGHER)
     for r in section.get("results", []):
-        if r.get("status") != "ok":
-            continue
-        for key in _eps_keys(r.get("eps_label") or f"{r['eps']:.6g}", r.get("eps")):
-            out[f"attacks.{r['attack']}@{key}.robust_accuracy"] = r["robust_accuracy"]
-            if r.get("success_rate") is not None:
-                out[f"attacks.{r['attack']}@{key}.success_rate"] = r["success_rate"]
-    values = {e["label"]: e["value"] for e in section.get("eps", [])}
-    worst = [v for v in (section.get("worst_case") or {}).values() if v is not None]
-    for label, acc in (section.get("worst_case") or {}).items():
-        if acc is None:
-            continue
-        for key in _eps_keys(label, values.get(label)):
-            out[f"attacks.worst_case@{key}"] = acc
+        key = r.get("eps_label") or f"{r['eps']:.6g}"
+        ok = r.get("status") == "ok"
+        out[f"attacks.{r['attack']}@{key}.robust_accuracy"] = Metric(r["robust_accuracy"] if ok else None,
+                                                                       Better.HIGHER)
+        if r.get("success_rate") is not None or not ok:
+            out[f"attacks.{r['attack']}@{key}.success_rate"] = Metric(r.get("success_rate") if ok else None,
+                                                                        Better.LOWER)
+    worst = (section.get("worst_case") or {})
+    for label, acc in worst.items():
+        out[f"attacks.worst_case@{label}"] = Metric(acc, Better.HIGHER)
     if worst:
-        out["attacks.worst_case.min"] = min(worst)
+        # any missing worst case (an attack failed) leaves the minimum undefined, never optimistic
+        values = list(worst.values())
+        out["attacks.worst_case.min"] = Metric(None if any(v is None for v in values) else min(values), Better.HIGHER)
     for name, d in (section.get("distances") or {}).items():
-        for stat in ("median_l2", "mean_l2", "median_linf", "mean_linf", "success_rate"):
-            if d.get(stat) is not None:
-                out[f"attacks.{name}.{stat}"] = d[stat]
+        for stat in ("median_l2", "mean_l2", "median_linf", "mean_linf"):
+            if stat in d:
+                out[f"attacks.{name}.{stat}"] = Metric(d.get(stat), Better.HIGHER)
+        if "success_rate" in d:
+            out[f"attacks.{name}.success_rate"] = Metric(d.get("success_rate"), Better.LOWER)
     for r in section.get("noise") or []:
-        for key in _eps_keys(r["sigma_label"], r.get("sigma")):
-            out[f"attacks.noise@{key}.accuracy"] = r["accuracy"]
-    out["attacks.violations"] = float(sum(r.get("violations") or 0 for r in section.get("results", [])))
+        out[f"attacks.noise@{r['sigma_label']}.accuracy"] = Metric(r.get("accuracy"), Better.HIGHER)
+    out["attacks.violations"] = Metric(float(sum(r.get("violations") or 0 for r in section.get("results", []))),
+                                       Better.LOWER, "samples")
+    return out
+
+
+def aliases(section: Mapping[str, Any]) -> dict[str, str]:
+    """Decimal spellings of every eps-labelled metric (``attacks.pgd@0.0313725.robust_accuracy``) → canonical."""
+    out: dict[str, str] = {}
+    values = {e["label"]: e["value"] for e in section.get("eps", [])}
+    for r in section.get("results", []):
+        label = r.get("eps_label") or f"{r['eps']:.6g}"
+        for form in _decimal_forms(label, r.get("eps")):
+            for stat in ("robust_accuracy", "success_rate"):
+                out[f"attacks.{r['attack']}@{form}.{stat}"] = f"attacks.{r['attack']}@{label}.{stat}"
+    for label in (section.get("worst_case") or {}):
+        for form in _decimal_forms(label, values.get(label)):
+            out[f"attacks.worst_case@{form}"] = f"attacks.worst_case@{label}"
+    for r in section.get("noise") or []:
+        for form in _decimal_forms(r["sigma_label"], r.get("sigma")):
+            out[f"attacks.noise@{form}.accuracy"] = f"attacks.noise@{r['sigma_label']}.accuracy"
     return out
 
 
@@ -358,7 +353,8 @@ def plot(section: Mapping[str, Any], path: str) -> None:
 
 
 def check(options: Options) -> None:
-    """Reject invalid flag combinations before any analysis runs (the model's class count is checked in run)."""
+    """Reject invalid option combinations before any analysis runs (the model's class count and
+    the run's dtype are checked in run)."""
     import sys
 
     from robaudit.attacks.plan import make_plan
@@ -375,6 +371,8 @@ ANALYSIS = Analysis(
     run=run,
     render=render,
     metrics=metrics,
+    aliases=aliases,
     plot=plot,
+    row=Row,
     profiles={"quick": {"battery": "quick"}, "standard": {"battery": "standard"}, "full": {"battery": "full"}},
 )

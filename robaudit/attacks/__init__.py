@@ -1,5 +1,5 @@
-"""The attack engine: torchattacks attacks behind a registry, a runner that
-re-checks every adversarial example, and the Gaussian-noise baseline.
+"""The attack engine: torchattacks attacks behind a registry, a checked call that
+re-verifies every adversarial example, and the pruned battery.
 
 Public API::
 
@@ -11,10 +11,8 @@ Public API::
 from __future__ import annotations
 
 from robaudit.attacks.registry import BATTERIES, REGISTRY, AttackParams, AttackSpec, Kind
-from robaudit.attacks.run import (AttackOutcome, Budget, Check, attack_batch, clean_pass, model_guard,
-                                  resolve_params, run_attack, seed_for, verify)
-from robaudit.attacks.threat import Eps, Norm, parse_eps_grid
+from robaudit.attacks.run import Budget, Check, attack_batch, resolve_params, seed_for, verify
+from robaudit.attacks.threat import Eps, Norm
 
-__all__ = ["BATTERIES", "REGISTRY", "AttackParams", "AttackSpec", "Kind", "AttackOutcome", "Budget", "Check",
-           "attack_batch", "clean_pass", "model_guard", "resolve_params", "run_attack", "seed_for", "verify",
-           "Eps", "Norm", "parse_eps_grid"]
+__all__ = ["BATTERIES", "REGISTRY", "AttackParams", "AttackSpec", "Kind", "Budget", "Check", "attack_batch",
+           "resolve_params", "seed_for", "verify", "Eps", "Norm"]

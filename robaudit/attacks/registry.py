@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Callable, Mapping
 
-from robaudit.attacks.threat import Norm
+from robaudit.attacks.threat import TORCHATTACKS_NORM, Norm
 
 if TYPE_CHECKING:  # pragma: no cover
     import torchattacks
@@ -84,6 +84,7 @@ class AttackSpec:
         targeted: how --targeted is handled: "mode" (torchattacks targeted mode),
             "multi" (FAB-T: multi_targeted), "always" (APGD-T), or None.
         default_steps: iterations when --steps is not given.
+        float32_only: the library implementation mixes dtypes in float64 (refused at plan time).
         build: ``build(model, params) -> torchattacks.Attack``.
     """
 
@@ -98,6 +99,7 @@ class AttackSpec:
     outer_restarts: bool = False
     targeted: str | None = None
     default_steps: int | None = None
+    float32_only: bool = False
 
     def steps_of(self, params: AttackParams) -> int | None:
         """The iteration count reported for this attack (1 for FGSM, queries for Square)."""
@@ -131,7 +133,7 @@ def _tpgd(model, p: AttackParams):
 
 
 def _square(model, p: AttackParams):
-    return _ta().Square(model, norm=p.norm.torchattacks, eps=p.eps, n_queries=p.queries,
+    return _ta().Square(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, n_queries=p.queries,
                         n_restarts=p.restarts, seed=p.seed, verbose=False)
 
 
@@ -178,28 +180,24 @@ def _deepfool(model, p: AttackParams):
 
 
 def _apgd(model, p: AttackParams):
-    return _ta().APGD(model, norm=p.norm.torchattacks, eps=p.eps, steps=p.steps, n_restarts=p.restarts,
+    return _ta().APGD(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, steps=p.steps, n_restarts=p.restarts,
                       seed=p.seed, loss="ce", verbose=False)
 
 
 def _apgdt(model, p: AttackParams):
-    return _ta().APGDT(model, norm=p.norm.torchattacks, eps=p.eps, steps=p.steps, n_restarts=p.restarts,
+    return _ta().APGDT(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, steps=p.steps, n_restarts=p.restarts,
                        seed=p.seed, verbose=False, n_classes=p.n_classes)
 
 
 def _fab(model, p: AttackParams):
-    import torch
-
-    if any(t.dtype == torch.float64 for t in model.parameters()):
-        # FAB casts inputs to float32 inside torchattacks and then mixes dtypes.
-        raise TypeError("FAB in torchattacks computes in float32 only; run it with --dtype float32")
-    return _ta().FAB(model, norm=p.norm.torchattacks, eps=p.eps, steps=p.steps, n_restarts=p.restarts,
+    # float64 is refused when the plan is made (FAB casts to float32 inside torchattacks).
+    return _ta().FAB(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, steps=p.steps, n_restarts=p.restarts,
                      seed=p.seed, verbose=False, multi_targeted=p.targeted, n_classes=p.n_classes)
 
 
 def _autoattack(model, p: AttackParams):
     # seed must be explicit: torchattacks' default (None) seeds from time.time().
-    return _ta().AutoAttack(model, norm=p.norm.torchattacks, eps=p.eps, version="standard",
+    return _ta().AutoAttack(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, version="standard",
                             n_classes=p.n_classes, seed=p.seed, verbose=False)
 
 
@@ -234,7 +232,7 @@ REGISTRY: dict[str, AttackSpec] = {spec.name: spec for spec in (
                default_steps=10, build=_apgdt),
     AttackSpec(name="fab", title="FAB (Croce & Hein 2020)", kind=Kind.MINIMAL, norms=_BOTH,
                takes=frozenset({EPS, STEPS, RESTARTS, N_CLASSES, TARGETED}), targeted="multi",
-               default_steps=10, build=_fab),
+               default_steps=10, float32_only=True, build=_fab),
     AttackSpec(name="autoattack", title="AutoAttack standard (Croce & Hein 2020)", kind=Kind.BUDGET,
                norms=_BOTH, takes=frozenset({EPS, N_CLASSES}), build=_autoattack),
 )}
@@ -248,7 +246,7 @@ class Battery:
     """A preset: attacks per norm, their steps, and the eps grid used when --eps is absent."""
 
     attacks: Mapping[Norm, tuple[str, ...]]
-    eps: Mapping[Norm, str]
+    eps: Mapping[Norm, tuple[float, ...]]
     steps: Mapping[str, int]
     queries: int | None = None
     noise: bool = False
@@ -257,15 +255,16 @@ class Battery:
 BATTERIES: dict[str, Battery] = {
     # quick: cheap enough for the 60 s quick audit (FGSM + PGD-10 at two budgets).
     "quick": Battery(attacks={Norm.LINF: ("fgsm", "pgd"), Norm.L2: ("pgdl2",)},
-                     eps={Norm.LINF: "2/255,8/255", Norm.L2: "0.25,0.5"},
+                     eps={Norm.LINF: (2 / 255, 8 / 255), Norm.L2: (0.25, 0.5)},
                      steps={"pgd": 10, "pgdl2": 10}),
     "standard": Battery(attacks={Norm.LINF: ("fgsm", "pgd", "tpgd", "apgd"), Norm.L2: ("pgdl2", "apgd")},
-                        eps={Norm.LINF: "1/255,2/255,4/255,8/255", Norm.L2: "0.25,0.5,1"},
+                        eps={Norm.LINF: (1 / 255, 2 / 255, 4 / 255, 8 / 255), Norm.L2: (0.25, 0.5, 1.0)},
                         steps={"pgd": 20, "pgdl2": 20, "tpgd": 20, "apgd": 20}, noise=True),
     "full": Battery(attacks={Norm.LINF: ("fgsm", "pgd", "tpgd", "square", "cw", "deepfool", "apgd", "apgdt",
                                          "fab", "autoattack"),
                              Norm.L2: ("pgdl2", "square", "cw", "deepfool", "apgd", "apgdt", "fab", "autoattack")},
-                    eps={Norm.LINF: "0,1/255,2/255,4/255,8/255,16/255,32/255", Norm.L2: "0,0.25,0.5,1,2"},
+                    eps={Norm.LINF: (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255),
+                         Norm.L2: (0.0, 0.25, 0.5, 1.0, 2.0)},
                     steps={"pgd": 50, "pgdl2": 50, "tpgd": 50, "apgd": 100, "apgdt": 100, "fab": 100},
                     queries=5000, noise=True),
 }

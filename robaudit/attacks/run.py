@@ -1,4 +1,4 @@
-"""Running one torchattacks attack over a dataset, and checking what it returns.
+"""One torchattacks call, checked: seeding, the re-check of what it returns, and errors.
 
 "Trust but verify" (foolbox's rule: we don't really know what the attack
 returns): every adversarial example is re-checked here, independently of the
@@ -7,49 +7,34 @@ library. It must be finite, lie in [0,1], stay within the budget
 on the model. Examples that fail the check are counted as violations and as
 NOT successful.
 
-The user's model is left as found: eval mode during the attack, parameters
-frozen (CW, DeepFool and FAB call ``backward()``, which would otherwise fill
-``param.grad``), and modes / ``requires_grad`` restored in ``finally:``.
+Randomness is keyed, never a global stream: each call is seeded from
+(seed, attack name, the first dataset index of the batch), so a batch gives the
+same examples whichever process runs it and whatever ran before (sharding).
+
+The user's model is left as found (:func:`robaudit.models.guard.preserved`):
+eval mode, parameters frozen (CW, DeepFool and FAB call ``backward()``, which
+would otherwise fill ``param.grad``), modes and ``requires_grad`` restored.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import time
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
-from robaudit.attacks.registry import (ALPHA, DEFAULT_QUERIES, EPS, AttackParams, AttackSpec, Kind)
+from robaudit.attacks.plan import resolve_params  # noqa: F401  (re-exported: the engine's API)
+from robaudit.attacks.registry import EPS, AttackParams, AttackSpec, Kind
 from robaudit.attacks.threat import Norm
-
-if TYPE_CHECKING:  # pragma: no cover
-    from robaudit.data.types import AuditData
+from robaudit.errors import AttackError, UsageError
+from robaudit.models.guard import preserved
 
 # Budget tolerance of the re-check, in pixel units (float32 rounding of clamp(x + δ)).
 NORM_ATOL = 1e-6
-
-
-@contextlib.contextmanager
-def model_guard(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and frozen parameters inside; every module's mode and every
-    parameter's ``requires_grad`` restored on exit (also on error / Ctrl-C)."""
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 @contextlib.contextmanager
@@ -70,13 +55,90 @@ def quiet() -> Iterator[None]:
         yield
 
 
-def seed_for(base: int, name: str) -> int:
-    """A per-attack seed: stable across runs and Python processes (crc32, not hash()).
+def seed_for(base: int, name: str, first_index: int | None = None) -> int:
+    """A seed for attack ``name``: stable across runs and processes (crc32, not hash()).
 
-    The same attack uses the same seed at every eps, so random starts are
-    scaled copies of each other and accuracy over an eps grid is comparable.
+    With ``first_index`` (the first dataset index of a batch) every batch has its own
+    seed, so a batch draws the same random starts whichever rank runs it, in whatever
+    order. The same attack uses the same seed at every eps of a grid.
     """
-    return (int(base) * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1)
+    key = name if first_index is None else f"{name}#{int(first_index)}"
+    return (int(base) * 1_000_003 + zlib.crc32(key.encode())) % (2**31 - 1)
+
+
+def keyed_unit(seed: int, name: str, index: torch.Tensor) -> torch.Tensor:
+    """One uniform number in [0, 1) per dataset index: (B,) float64 keyed by (seed, name, index)."""
+    return torch.tensor([zlib.crc32(f"{int(seed)}:{name}:{int(i)}".encode()) / 2**32 for i in index.tolist()],
+                        dtype=torch.float64)
+
+
+def keyed_targets(index: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int) -> torch.Tensor:
+    """A random target ≠ label per sample, keyed by (seed, dataset index): independent of batching.
+
+    Shapes: index, y (B,) → (B,) on y's device.
+    """
+    offset = 1 + (keyed_unit(seed, "target", index) * (n_classes - 1)).long()
+    return ((y.cpu() + offset) % n_classes).to(y.device)
+
+
+class KeyedDraws(TorchFunctionMode):
+    """Per-sample random draws inside a library attack, keyed by dataset index (issue 16).
+
+    torchattacks draws a random start for a whole call (``empty_like(x).uniform_``,
+    ``torch.rand(x.shape)``, ``randn_like``), so a sample's start would depend on which
+    other samples share the call. Inside this mode every such draw whose leading
+    dimension is the call's batch is made row by row from a generator seeded by
+    (seed, salt, dataset index, draw number): a sample gets the same start whether it
+    is attacked alone, in a pruned sub-batch or in the whole batch, on any rank.
+    Other draws pass through to the (per-batch seeded) global generator.
+    """
+
+    _UNIFORM = {torch.Tensor.uniform_, torch.rand, torch.rand_like}
+    _NORMAL = {torch.Tensor.normal_, torch.randn, torch.randn_like}
+
+    def __init__(self, keys: list[int], seed: int, salt: int | str = 0) -> None:
+        super().__init__()
+        self.keys, self.seed, self.salt, self.draws = [int(k) for k in keys], int(seed), salt, 0
+
+    def _rows(self, shape: tuple[int, ...], normal: bool) -> torch.Tensor:
+        self.draws += 1
+        gen = torch.Generator()
+        rows = []
+        for key in self.keys:
+            gen.manual_seed(zlib.crc32(f"{self.seed}:{self.salt}:{key}:{self.draws}".encode()))
+            draw = torch.randn if normal else torch.rand
+            rows.append(draw(shape[1:], generator=gen, dtype=torch.float64))
+        return torch.stack(rows)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._UNIFORM or func in self._NORMAL:
+            normal = func in self._NORMAL
+            if func in (torch.Tensor.uniform_, torch.Tensor.normal_):
+                target = args[0]
+                shape, dtype, device = tuple(target.shape), target.dtype, target.device
+            elif func in (torch.rand_like, torch.randn_like):
+                target = None
+                shape = tuple(args[0].shape)
+                dtype, device = kwargs.get("dtype") or args[0].dtype, kwargs.get("device") or args[0].device
+            else:
+                target = None
+                size = kwargs.get("size", args[0] if len(args) == 1 and not isinstance(args[0], int) else args)
+                shape = tuple(int(v) for v in size)
+                dtype, device = kwargs.get("dtype") or torch.get_default_dtype(), kwargs.get("device") or "cpu"
+            if shape and shape[0] == len(self.keys) and kwargs.get("generator") is None and dtype.is_floating_point:
+                z = self._rows(shape, normal)
+                if target is not None:  # in place, with the method's parameters
+                    a, b = (list(args[1:]) + [None, None])[:2]
+                    if normal:
+                        z = z * (kwargs.get("std", 1.0) if b is None else b) + (kwargs.get("mean", 0.0) if a is None else a)
+                    else:
+                        lo = kwargs.get("from", 0.0) if a is None else a
+                        z = lo + ((kwargs.get("to", 1.0) if b is None else b) - lo) * z
+                    with torch.no_grad():
+                        return target.copy_(z)
+                return z.to(dtype=dtype, device=device)
+        return func(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -140,228 +202,100 @@ def verify(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torc
                  dist_linf=torch.where(finite, dist_linf, nan), dist_l2=torch.where(finite, dist_l2, nan))
 
 
-def resolve_params(spec: AttackSpec, *, norm: Norm, eps: float | None = None, alpha: float | None = None,
-                   steps: int | None = None, restarts: int | None = None, queries: int | None = None,
-                   n_classes: int = 10, seed: int = 0, targeted: bool = False) -> AttackParams:
-    """Fill in defaults: steps from the spec, alpha = 2.5·eps/steps (Madry et al.'s
-    rule; 2/255 for eps = 8/255 and 10 steps, torchattacks' default), queries 5000."""
-    steps = steps if steps is not None else spec.default_steps
-    if ALPHA in spec.takes and alpha is None and eps is not None and steps:
-        alpha = 2.5 * eps / steps
-    return AttackParams(norm=norm, eps=eps if EPS in spec.takes else None, alpha=alpha, steps=steps,
-                        restarts=restarts or 1, queries=(queries or DEFAULT_QUERIES) if "queries" in spec.takes else None,
-                        n_classes=n_classes, seed=seed, targeted=targeted)
-
-
-def make_targets(y: torch.Tensor, n_classes: int, seed: int) -> torch.Tensor:
-    """A random target ≠ label per sample, fixed by ``seed`` (independent of batching).
-
-    Shapes: y (N,) → (N,).
-    """
-    gen = torch.Generator().manual_seed(int(seed))
-    offset = torch.randint(1, n_classes, (len(y),), generator=gen)
-    return (y.cpu() + offset) % n_classes
-
-
-@dataclass
-class AttackOutcome:
-    """One attack (at one budget, or once for MINIMAL attacks) over the data.
-
-    Attributes:
-        name: attack name.
-        params: the arguments it ran with.
-        status: "ok" or "failed" (then ``reason`` says why; tensors are empty).
-        misclassified: (N,) bool, a verified adversarial example was found.
-        success: (N,) bool, the attack's criterion holds (targeted: hit the target).
-        dist_linf, dist_l2: (N,) float64 size of the kept example (NaN if invalid).
-        violations: returned examples that failed the re-check.
-        seconds: wall time (attack + re-check).
-    """
-
-    name: str
-    params: AttackParams
-    status: str = "ok"
-    reason: str | None = None
-    misclassified: torch.Tensor | None = None
-    success: torch.Tensor | None = None
-    dist_linf: torch.Tensor | None = None
-    dist_l2: torch.Tensor | None = None
-    violations: int = 0
-    seconds: float = 0.0
-    note: str | None = None
-
-    def distance(self, norm: Norm) -> torch.Tensor:
-        return self.dist_linf if norm is Norm.LINF else self.dist_l2
-
-
-def _budget_of(spec: AttackSpec, params: AttackParams) -> Budget:
-    # FAB takes eps as a cap on the accepted distance, so it is checked like a budget.
+def budget_of(spec: AttackSpec, params: AttackParams) -> Budget:
+    """The budget the re-check enforces (FAB's eps caps the accepted distance, so it counts as one)."""
     if EPS in spec.takes and params.eps is not None:
         return Budget(params.norm, params.eps)
     return Budget(None, None)
-
-
-def _configure_targeted(atk, spec: AttackSpec, params: AttackParams, holder: list) -> None:
-    if params.targeted and spec.targeted == "mode":
-        # By function (not by label): FAB/Square still need the true labels to pick what to attack.
-        atk.set_mode_targeted_by_function(lambda inputs, labels: holder[0], quiet=True)
 
 
 def _unchanged(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x.clone()
 
 
-def run_attack(model: torch.nn.Module, data: "AuditData", spec: AttackSpec, params: AttackParams, *,
-               batch_size: int, device: torch.device, dtype: torch.dtype, seed: int,
-               targets: torch.Tensor | None = None,
-               advance: Callable[[int], None] = lambda n: None) -> AttackOutcome:
-    """Run ``spec`` with ``params`` over ``data`` batch by batch and re-check every example.
+def build_attack(model: torch.nn.Module, spec: AttackSpec, params: AttackParams, device: torch.device,
+                 targets: list) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The torchattacks object for ``params``; x itself for a budget attack at eps 0.
 
-    An exception raised inside torchattacks makes the outcome "failed" with
-    the reason; KeyboardInterrupt propagates.
-
-    Args:
-        targets: (N,) target labels when ``params.targeted`` and the attack uses
-            torchattacks' targeted mode.
-        advance: progress callback (samples done).
+    ``targets`` is a one-item holder that torchattacks' targeted mode reads at call time.
     """
-    start = time.perf_counter()
-    outcome = AttackOutcome(name=spec.name, params=params)
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("mis", "succ", "linf", "l2")}
-    budget = _budget_of(spec, params)
-    holder: list = [None]
-    rounds = params.restarts if spec.outer_restarts else 1
-    # The eps = 0 ball holds x alone: check x itself instead of running the attack
-    # (AutoAttack or Square would otherwise spend their whole budget finding nothing).
-    identity = spec.kind is Kind.BUDGET and params.eps == 0
-    if identity:
-        rounds, outcome.note = 1, "eps 0: the ball is {x}; x itself was checked, the attack not run"
+    # The eps = 0 ball holds x alone: check x itself (AutoAttack or Square would otherwise
+    # spend their whole budget finding nothing).
+    if spec.kind is Kind.BUDGET and params.eps == 0:
+        return _unchanged
+    with quiet():
+        atk = spec.build(model, params)
+        atk.set_device(torch.device(device))
+    if params.targeted and spec.targeted == "mode":
+        # By function (not by label): FAB/Square still need the true labels to pick what to attack.
+        atk.set_mode_targeted_by_function(lambda inputs, labels: targets[0], quiet=True)
+    return atk
+
+
+# Failures of the machine are not an attack's failure: they propagate unchanged.
+_NOT_ATTACK_FAILURES: tuple[type[BaseException], ...] = (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
+
+
+def call_attack(atk: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                what: str) -> torch.Tensor:
+    """``atk(x, y)``; an exception raised inside the library becomes :class:`AttackError` (exit 3).
+
+    Only this call is guarded: robaudit's own code around it, out-of-memory and
+    Ctrl-C propagate unchanged (issue 10: a crash never reads as a result).
+    """
     try:
-        with model_guard(model), seeded(seed, device), quiet():
-            if identity:
-                atk = _unchanged
-            else:
-                atk = spec.build(model, params)
-                atk.set_device(torch.device(device))
-                _configure_targeted(atk, spec, params, holder)
-            row = 0
-            for _, x, y in data.batches(batch_size, device=device, dtype=dtype):
-                tgt = None
-                if params.targeted and spec.targeted == "mode" and targets is not None:
-                    tgt = targets[row:row + len(y)].to(device)
-                holder[0] = tgt
-                mis = succ = linf = l2 = None
-                for _ in range(rounds):
-                    check = verify(model, x, y, atk(x, y), budget, tgt)
-                    outcome.violations += int(check.violation.sum())
-                    if succ is None:
-                        mis, succ, linf, l2 = check.misclassified, check.success, check.dist_linf, check.dist_l2
-                        continue
-                    # Keep, per sample, the first restart that succeeded (its distances with it).
-                    take = check.success & ~succ
-                    linf, l2 = torch.where(take, check.dist_linf, linf), torch.where(take, check.dist_l2, l2)
-                    succ, mis = succ | check.success, mis | check.misclassified
-                for key, value in (("mis", mis), ("succ", succ), ("linf", linf), ("l2", l2)):
-                    parts[key].append(value.cpu())
-                row += len(y)
-                advance(len(y))
-    except Exception as exc:  # a failing attack is a result, not a crash of the audit
+        with quiet():
+            return atk(x, y)
+    except _NOT_ATTACK_FAILURES:
+        raise
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        outcome.status, outcome.reason = "failed", f"{type(exc).__name__}: {first}"[:300]
-        outcome.seconds = time.perf_counter() - start
-        return outcome
-    outcome.misclassified = torch.cat(parts["mis"]) if parts["mis"] else torch.zeros(0, dtype=torch.bool)
-    outcome.success = torch.cat(parts["succ"]) if parts["succ"] else torch.zeros(0, dtype=torch.bool)
-    outcome.dist_linf = torch.cat(parts["linf"]) if parts["linf"] else torch.zeros(0, dtype=torch.float64)
-    outcome.dist_l2 = torch.cat(parts["l2"]) if parts["l2"] else torch.zeros(0, dtype=torch.float64)
-    outcome.seconds = time.perf_counter() - start
-    return outcome
-
-
-# Samples whose input gradient is checked for masking: a fraction estimate needs a few
-# hundred samples, and a backward pass over all of them would cost a PGD step.
-GRAD_CHECK_SAMPLES = 256
-
-
-@dataclass
-class CleanPass:
-    """Clean predictions (N,) and the input-gradient health check.
-
-    Attributes:
-        pred: clean predictions.
-        correct: pred = label.
-        zero_grad, nan_grad: (M,) for the first M >= min(N, GRAD_CHECK_SAMPLES) samples
-            (whole batches): the cross-entropy input gradient is exactly zero / has NaN or Inf.
-    """
-
-    pred: torch.Tensor
-    correct: torch.Tensor
-    zero_grad: torch.Tensor
-    nan_grad: torch.Tensor
-
-
-def clean_pass(model: torch.nn.Module, data: "AuditData", *, batch_size: int, device: torch.device,
-               dtype: torch.dtype, grad_samples: int = GRAD_CHECK_SAMPLES) -> CleanPass:
-    """Clean predictions, and input gradients on the first ``grad_samples`` (whole batches).
-
-    Zero or NaN gradients on many samples hint at gradient masking
-    (Athalye et al. 2018; AutoAttack's checks), which makes gradient attacks look weak.
-    """
-    preds, zeros, nans = [], [], []
-    seen = 0
-    with model_guard(model):
-        for _, x, y in data.batches(batch_size, device=device, dtype=dtype):
-            if seen < grad_samples:
-                x = x.clone().requires_grad_(True)
-                with torch.enable_grad():
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y, reduction="sum")
-                    (grad,) = torch.autograd.grad(loss, x)
-                g = grad.flatten(1)
-                nans.append((~torch.isfinite(g)).any(dim=1).cpu())
-                zeros.append((g == 0).all(dim=1).cpu())
-            else:
-                with torch.no_grad():
-                    logits = model(x)
-            preds.append(logits.detach().argmax(dim=1).cpu())
-            seen += len(y)
-    pred = torch.cat(preds)
-    empty = torch.zeros(0, dtype=torch.bool)
-    return CleanPass(pred=pred, correct=pred == data.y.cpu(), zero_grad=torch.cat(zeros) if zeros else empty,
-                     nan_grad=torch.cat(nans) if nans else empty)
+        raise AttackError(f"attack {what} failed: {type(exc).__name__}: {first}"[:300]) from exc
 
 
 def attack_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, *, norm: Norm | str = Norm.LINF,
                  eps: float | None = None, steps: int | None = None, alpha: float | None = None,
-                 queries: int | None = None, n_classes: int | None = None,
-                 seed: int = 0) -> tuple[torch.Tensor, Check]:
+                 queries: int | None = None, n_classes: int | None = None, seed: int = 0,
+                 random_start: bool = True, first_index: int | None = None,
+                 keys: torch.Tensor | None = None) -> tuple[torch.Tensor, Check]:
     """Adversarial examples for one batch, re-checked (for other analyses:
     adversarial directions for spectrum/linearity, distances for cells).
 
     Args:
-        name: a registry name (``pgd``, ``cw``, ``deepfool``, ``fab``, ...).
+        name: a registry name (``pgd``, ``pgdl2``, ``cw``, ``deepfool``, ``fab``, ...).
         eps: the budget (BUDGET attacks) or FAB's cap; ignored by CW/DeepFool.
+        seed: base seed. Pass ``first_index`` (the batch's first dataset index) so the
+            library's draws are seeded per batch, and ``keys`` (the (B,) dataset indices) so
+            random starts are keyed per sample: then sharded runs reproduce a single-process run.
     Returns:
-        (x_adv, check): x_adv (B, C, H, W) as returned by torchattacks, and its
+        (x_adv, check): x_adv (B, *shape) as returned by torchattacks, and its
         :class:`Check` (use ``check.success`` and ``check.dist_l2``).
-    Shapes: x (B, C, H, W) in [0,1]; y (B,).
+    Shapes: x (B, *shape) in [0,1]; y (B,).
+    Raises:
+        UsageError: unknown attack or norm, a budget attack without eps, FAB in float64.
+        AttackError: the library raised (exit 3).
     """
     from robaudit.attacks import registry
 
     spec = registry.get(name)
-    norm = Norm.parse(norm) if isinstance(norm, str) else norm
-    if n_classes is None:
-        with torch.no_grad(), model_guard(model):
-            n_classes = int(model(x[:1]).shape[1])
+    try:
+        norm = Norm(norm)
+    except ValueError:
+        raise UsageError(f"{name}: expected norm linf or l2, got {norm!r}") from None
     if spec.kind is Kind.BUDGET and eps is None:
-        from robaudit.errors import UsageError
-
         raise UsageError(f"{name}: needs eps")
-    params = resolve_params(spec, norm=norm, eps=eps, alpha=alpha, steps=steps, queries=queries,
-                            n_classes=n_classes, seed=seed_for(seed, name))
-    with model_guard(model), seeded(params.seed, x.device), quiet():
-        atk = spec.build(model, params)
-        atk.set_device(x.device)
-        x_adv = atk(x, y).detach()
-        check = verify(model, x, y, x_adv, _budget_of(spec, params))
+    if spec.float32_only and x.dtype == torch.float64:
+        raise UsageError(f"{name}: {spec.title} in torchattacks computes in float32 only; use --dtype float32")
+    with preserved(model, eval=True, freeze=True):
+        if n_classes is None:
+            with torch.no_grad():
+                n_classes = int(model(x[:1]).shape[1])
+        params = resolve_params(spec, norm=norm, eps=eps, alpha=alpha, steps=steps, queries=queries,
+                                n_classes=n_classes, seed=seed_for(seed, name, first_index),
+                                random_start=random_start)
+        with seeded(params.seed, x.device):
+            atk = build_attack(model, spec, params, x.device, [None])
+            with KeyedDraws(keys.tolist(), seed_for(seed, name)) if keys is not None else contextlib.nullcontext():
+                x_adv = call_attack(atk, x, y, name).detach()
+        check = verify(model, x, y, x_adv, budget_of(spec, params))
     return x_adv, check
