@@ -94,7 +94,11 @@ def _collective(fn: Callable[[], Any]) -> Any:
     except RobauditError:
         raise
     except Exception as exc:  # a dead or failed peer: timeouts and connection resets
-        raise DistributedError(f"a collective with the other ranks failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if len(first) > 160:
+            first = first[:159] + "…"
+        raise DistributedError(f"another rank stopped or failed (see its own error); the collective ended with: "
+                               f"{first}") from None
 
 
 class _Failure:

@@ -127,8 +127,17 @@ def test_a_rank_that_raises_fails_every_rank_with_exit_3(small_model, tmp_path):
                    extra={"TEST_RAISE_ON_RANK": "1"})
     assert [r.returncode for r in ranks] == [3, 3], [r.stderr[-300:] for r in ranks]
     assert time.monotonic() - start < 60
-    assert "rank 1 failed" in ranks[0].stderr
+    assert "rank 1 failed" in ranks[0].stderr and "injected failure on rank 1" in ranks[0].stderr
     assert "Traceback" not in ranks[0].stderr + ranks[1].stderr
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_before_any_collective_still_fails_the_others(small_model, tmp_path):
+    # rank 1 dies in the model checks, before the runner: rank 0 learns it from the broken collective
+    ranks = launch(["norms", *_model_args(small_model), "--limit", "16", "-b", "4", "--quiet"], tmp_path, world=2,
+                   extra={"TEST_SIGKILL_AFTER": "0", "TEST_SIGKILL_RANK": "1"})
+    assert ranks[1].returncode == -9 and ranks[0].returncode == 3
+    assert "another rank stopped or failed" in ranks[0].stderr and "Traceback" not in ranks[0].stderr
 
 
 @pytest.mark.slow

@@ -145,11 +145,10 @@ def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
     """
     import torch
 
-    from robaudit.analyses.runner import batches
+    from robaudit.analyses.runner import collect_rows
     from robaudit.attacks.plan import make_plan
     from robaudit.attacks.summary import summarise
     from robaudit.errors import DataError
-    from robaudit.models.guard import preserved
 
     data = ctx.require_data("attack")
     plan = make_plan(options, ctx.model.num_classes, float64=ctx.dtype == torch.float64)
@@ -158,17 +157,16 @@ def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
     if (data.y < 0).any() or (data.y >= ctx.model.num_classes).any():
         raise DataError(f"attack: labels must be in 0..{ctx.model.num_classes - 1} for a "
                         f"{ctx.model.num_classes}-class model (unknown labels are -1)")
-    n, rows = len(data), []
-    model = ctx.model.module
-    with preserved(model, eval=True, freeze=True), \
-            ctx.progress(f"attacks ({plan.prune.value})", n * (plan.runs + len(plan.sigmas))) as task:
-        try:
-            for batch in batches(ctx, "attack"):
-                rows.extend(compute_rows(model, batch, plan, seed=ctx.seed, n_total=n, advance=task.advance))
-        except KeyboardInterrupt as exc:
-            exc.partial_section = summarise(rows, plan, seed=ctx.seed, per_sample=options.per_sample,  # type: ignore[attr-defined]
-                                            complete=False)
-            raise
+    n, model = len(data), ctx.model.module
+    try:
+        rows = collect_rows(ctx, "attacks", lambda b: compute_rows(model, b, plan, seed=ctx.seed, n_total=n,
+                                                                   advance=lambda k: None),
+                            description=f"attacks ({plan.prune.value})", work_per_sample=plan.runs + len(plan.sigmas),
+                            freeze=True)
+    except KeyboardInterrupt as exc:
+        exc.partial_section = summarise(getattr(exc, "partial_rows", []), plan, seed=ctx.seed,  # type: ignore[attr-defined]
+                                        per_sample=options.per_sample, complete=False)
+        raise
     return summarise(rows, plan, seed=ctx.seed, per_sample=options.per_sample)
 
 
@@ -374,5 +372,6 @@ ANALYSIS = Analysis(
     aliases=aliases,
     plot=plot,
     row=Row,
+    sharded=True,
     profiles={"quick": {"battery": "quick"}, "standard": {"battery": "standard"}, "full": {"battery": "full"}},
 )

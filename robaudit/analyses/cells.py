@@ -512,6 +512,7 @@ ANALYSIS = Analysis(
          "(DeepFool, FAB, CW), certified; with an ordering check.",
     options=Options,
     row=Row,
+    sharded=True,
     required=("n", "evaluated", "skipped", "methods", "summary", "ordering_violations"),
     run=run,
     render=render,

@@ -376,6 +376,7 @@ ANALYSIS = Analysis(
     help="Per-sample top input-Hessian eigenvalues (loss or margin) by Hessian-vector products and Lanczos.",
     options=Options,
     row=Row,
+    sharded=True,
     required=("target", "method", "summary", "n", "nonfinite"),
     run=run,
     render=render,

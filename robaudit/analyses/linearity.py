@@ -311,6 +311,7 @@ ANALYSIS = Analysis(
          "and a per-sample linearity radius.",
     options=Options,
     row=Row,
+    sharded=True,
     required=("radii", "n", "curves", "linearity_radius"),
     run=run,
     render=render,

@@ -60,13 +60,15 @@ def batches(ctx: "AuditContext", label: str, *, batch_size: int | None = None,
 
 def collect_rows(ctx: "AuditContext", label: str, compute: Callable[[Batch], Sequence[Row]], *,
                  batch_size: int | None = None, limit: int | None = None,
-                 description: str | None = None) -> list[Row]:
+                 description: str | None = None, work_per_sample: int = 1, freeze: bool = False) -> list[Row]:
     """``compute`` over every batch, with progress; rows in dataset order.
 
     Under torchrun this rank computes the batches it owns (``ordinal % world``)
     and every rank receives all rows. With a checkpoint, finished batches are
     loaded instead of computed, and this rank's rows are saved every K batches.
     On Ctrl-C the rows finished so far ride on the exception as ``partial_rows``.
+    ``work_per_sample`` scales the progress total (an attack battery runs several attacks per
+    sample); ``freeze`` sets ``requires_grad=False`` on the parameters inside (attacks).
     """
     from robaudit.dist import SINGLE, all_gather, failure
     from robaudit.models.guard import preserved
@@ -80,7 +82,8 @@ def collect_rows(ctx: "AuditContext", label: str, compute: Callable[[Batch], Seq
     mine_total = sum(min(size, total - start) for k, start in enumerate(range(0, total, size)) if shard.owns(k))
     mine: dict[int, list[Row]] = {}
     unsaved = 0
-    with preserved(ctx.model.module, eval=True), ctx.progress(description or label, mine_total) as task:
+    with preserved(ctx.model.module, eval=True, freeze=freeze), \
+            ctx.progress(description or label, mine_total * work_per_sample) as task:
         try:
             for ordinal, batch in enumerate(batches(ctx, label, batch_size=size, limit=limit)):
                 if not shard.owns(ordinal):
@@ -88,13 +91,13 @@ def collect_rows(ctx: "AuditContext", label: str, compute: Callable[[Batch], Seq
                 n = int(batch.index.shape[0])
                 if ordinal in done and len(done[ordinal]) == n:
                     mine[ordinal] = done[ordinal]
-                    task.advance(n)
+                    task.advance(n * work_per_sample)
                     continue
                 out = list(compute(batch))
                 if len(out) != n:
                     raise RuntimeError(f"{label}: compute returned {len(out)} rows for a batch of {n}")
                 mine[ordinal] = out
-                task.advance(n)
+                task.advance(n * work_per_sample)
                 unsaved += 1
                 if ckpt is not None and unsaved >= ckpt.every:
                     ckpt.save(label, shard.rank, mine)
