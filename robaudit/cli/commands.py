@@ -146,3 +146,6 @@ def register(app: typer.Typer) -> None:
     app.command("gate", help=report_cmds.GATE_HELP)(report_cmds.gate)
     app.command("show", help=report_cmds.SHOW_HELP)(report_cmds.show)
     app.command("compare", help=report_cmds.COMPARE_HELP)(report_cmds.compare)
+    from robaudit.cli import train_cmd
+
+    app.command("train", help=train_cmd.HELP)(train_cmd.train)

@@ -27,12 +27,27 @@ def info(
     quiet: Annotated[bool, common.COMMON["quiet"][1]] = False,
     debug: Annotated[bool, common.COMMON["debug"][1]] = False,
     list_arch: Annotated[bool, typer.Option("--list-arch", help="List the architectures --arch accepts and exit.")] = False,
+    list_zoo: Annotated[bool, typer.Option("--list-zoo", help="List the sample-zoo models (pass one as zoo:NAME) and exit.")] = False,
 ) -> int:
     from robaudit.cli.commands import _typed_values
     from robaudit.cli.console import Diagnostics, stdout_console
     from robaudit.config import load_config
     from robaudit.settings import build_settings
 
+    if list_zoo:
+        from rich.table import Table
+
+        from robaudit.models.zoo_registry import ZOO_MODELS, zoo_dir
+        from robaudit.report.terminal import print_renderables
+
+        table = Table(box=None, pad_edge=False, caption=f"checkpoints in {zoo_dir()} ($ROBAUDIT_ZOO_DIR); "
+                      "the audit of each is in sample_models/README.md", caption_justify="left")
+        for col in ("model", "present", "trained with"):
+            table.add_column(col, no_wrap=col != "trained with")
+        for name, text in ZOO_MODELS.items():
+            table.add_row(f"zoo:{name}", "yes" if (zoo_dir() / f"{name}.pt").is_file() else "no", text)
+        print_renderables([table], stdout_console())
+        return 0
     if list_arch:
         from rich.table import Table
 

@@ -88,6 +88,10 @@ def load_model(path: str | None, *, arch: str | None = None, mean: Sequence[floa
     """
     src = {"arch": "--arch", "mean": "--mean", "std": "--std", "input_shape": "--input-shape", "select": "--select",
            **(sources or {})}
+    from robaudit.models.zoo_registry import is_zoo_spec, zoo_path
+
+    if is_zoo_spec(path):  # zoo:NAME → a committed sample-zoo checkpoint (robaudit info --list-zoo)
+        path = zoo_path(path)  # type: ignore[arg-type]
     embedded = path is None
     file = sample_model_path() if embedded else Path(path)  # type: ignore[arg-type]
     label = str(file) if not embedded else "embedded sample model"
