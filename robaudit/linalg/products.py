@@ -79,14 +79,15 @@ def check_output(out: object, batch: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode (samples must not interact) and restore each submodule's mode after."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
+    """Put ``model`` in eval mode (samples must not interact); everything restored after.
+
+    The package's one model-state guard (:func:`robaudit.models.guard.preserved`), under the
+    name library users of ``robaudit.linalg`` know.
+    """
+    from robaudit.models.guard import preserved
+
+    with preserved(model, eval=True):
         yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 class JacobianOperator:
