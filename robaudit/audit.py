@@ -54,7 +54,7 @@ def load_model_for(settings: Settings, device: Any, *, data_shape: tuple[int, ..
     def load(shape):
         return load_model(settings.model, arch=settings.arch, mean=settings.mean, std=settings.std,
                           input_shape=shape, select=settings.select,
-                          unsafe_load=settings.unsafe_load, device=device)
+                          unsafe_load=settings.unsafe_load, device=device, sources=settings.sources)
 
     if settings.input_shape is not None or data_shape is None:
         return load(settings.input_shape)

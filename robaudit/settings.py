@@ -7,7 +7,7 @@ at the edge; everything downstream gets typed values.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from robaudit.errors import UsageError
@@ -89,6 +89,8 @@ class Settings:
     dist_backend: str | None = None
     checkpoint_dir: str | None = None
     checkpoint_every: int = 1
+    # where each value came from when not the default: "--std" or "robaudit.yaml: std" (for messages)
+    sources: dict = field(default_factory=dict, compare=False)
 
 
 def build_settings(cli: Mapping[str, Any], file_settings: Mapping[str, Any],
@@ -152,6 +154,7 @@ def build_settings(cli: Mapping[str, Any], file_settings: Mapping[str, Any],
         dist_backend=None if backend is None else str(backend),
         checkpoint_dir=None if raw["checkpoint_dir"] is None else str(raw["checkpoint_dir"]),
         checkpoint_every=every,
+        sources=dict(where),
     )
 
 

@@ -110,3 +110,15 @@ def test_bad_settings(flag, value, pattern):
 
     with pytest.raises(UsageError, match=pattern):
         build_settings({flag: value}, {})
+
+
+def test_errors_name_the_config_key_not_the_flag(tmp_path, capsys):
+    from robaudit.cli.app import run as cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("mean: [0.5]\nstd: [0]\n")
+    assert cli(["info", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: std" in err and "--std" not in err
+    assert cli(["info", "--mean", "0.5", "--std", "0"]) == 2
+    assert "--std" in capsys.readouterr().err
