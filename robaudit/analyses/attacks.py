@@ -321,7 +321,11 @@ def plot(section: Mapping[str, Any], path: str) -> None:
 
     curve = section.get("curve") or {}
     eps, labels = curve.get("eps") or [], curve.get("labels") or []
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    noise = [r for r in section.get("noise") or [] if r.get("accuracy") is not None]
+    if noise:  # noise σ is not an ℓp budget: its own panel, beside the eps curves
+        fig, (ax, nax) = plt.subplots(1, 2, figsize=(9.6, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
     try:
         for name, accs in (curve.get("series") or {}).items():
             if name == "worst_case" or name in (curve.get("distance_curves") or {}):
@@ -337,10 +341,21 @@ def plot(section: Mapping[str, Any], path: str) -> None:
             ax.plot(*zip(*worst), color="black", linewidth=6, alpha=0.25, zorder=1, label="worst case")
         if curve.get("clean_accuracy") is not None:
             ax.axhline(curve["clean_accuracy"], color="gray", linestyle=":", label="clean")
+        if noise:
+            nax.plot([r["sigma"] for r in noise], [r["accuracy"] for r in noise], marker="s", color="tab:gray")
+            if curve.get("clean_accuracy") is not None:
+                nax.axhline(curve["clean_accuracy"], color="gray", linestyle=":")
+            nax.set_xlabel("Gaussian noise std σ")
+            nax.set_ylabel("accuracy")
+            nax.set_title("random noise", fontsize=10)
+            nax.set_ylim(-0.02, 1.02)
+            nax.grid(alpha=0.3)
         if eps and len(eps) <= 8:
             ax.set_xticks(eps, labels, rotation=30)
         ax.set_xlabel(f"eps ({curve.get('norm', section.get('norm', ''))})")
         ax.set_ylabel("robust accuracy")
+        ax.set_title(f"attacks: robust accuracy vs eps · n={section.get('n')}"
+                     + (f" · battery {section.get('battery')}" if section.get("battery") else ""), fontsize=10)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -267,11 +267,11 @@ def plot(section: Mapping[str, Any], path: str) -> None:
             sd = [0.0 if v is None else v for v in entry.get("std") or []]
             right.plot(ranks[: len(m)], m, marker="o", ms=3, label=label)
             right.fill_between(ranks[: len(m)], [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)],
-                               alpha=0.2)
+                               alpha=0.2, label=f"{key}: mean ± 1 std over samples")
         right.set_xlabel("rank r of the right singular vector v_r")
         right.set_ylabel("|cos(δ, v_r)|")
         right.set_title("alignment with singular vectors")
-        right.legend()
+        right.legend(fontsize=8, title="lines: mean; bands: ± 1 std", title_fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
     finally:
