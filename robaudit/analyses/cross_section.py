@@ -101,9 +101,6 @@ def _write_png(path: str, force: bool, write) -> None:
 
 def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
     """One cross-section image per requested index."""
-    import torch
-
-    from robaudit.geometry.cross_section import cross_section, draw, plane_basis
     from robaudit.models.guard import preserved
 
     data = ctx.require_data("cross-section")
@@ -114,40 +111,44 @@ def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
         lo, hi = int(data.indices.min()), int(data.indices.max())
         raise UsageError(f"--index: {', '.join(map(str, missing))} not in the data ({len(data)} samples, "
                          f"dataset indices {lo}…{hi})")
-    model, c = ctx.model.module, int(ctx.model.num_classes)
     names = ctx.model.class_names or data.class_names
     images = []
-    with preserved(model, eval=True), ctx.progress("cross-section", len(targets)) as task:
+    with preserved(ctx.model.module, eval=True), ctx.progress("cross-section", len(targets)) as task:
         for index, path in zip(options.index, targets):
-            row = where[index]
-            x = data.images(torch.tensor([row]), device=ctx.device, dtype=ctx.dtype)
-            label = int(data.y[row])
-            plane = plane_basis(model, x, label, index, options.plane.value, extent=options.extent,
-                                seed=ctx.seed, n_classes=c)
-            if plane.note:
-                ctx.warn(f"cross-section: index {index}: {plane.note}")
-            sec = cross_section(model, x, plane, extent=options.extent, resolution=options.resolution,
-                                chunk=max(1, ctx.batch_size))
-
-            def name(k: int) -> str:
-                return f"{k} {names[k]}" if names and 0 <= k < len(names) else str(k)
-
-            dist = sec.boundary_distance
-            title = (f"index {index} · label {name(label) if label >= 0 else '?'} · "
-                     f"predicted {name(sec.centre_pred)}\n"
-                     f"{plane.kind} plane · nearest boundary in the plane: "
-                     f"{fmt(dist) if math.isfinite(dist) else f'> {fmt(options.extent)}'}")
-            _write_png(path, options.force, lambda fh: draw(sec, plane, fh, n_classes=c, class_names=names,
-                                                            title=title))
-            images.append({"index": index, "label": label, "pred": sec.centre_pred, "path": path,
-                           "plane": plane.kind, "plane_requested": options.plane.value,
-                           "extent": options.extent, "resolution": options.resolution,
-                           "classes_seen": sec.classes_seen,
-                           "boundary_distance": dist if math.isfinite(dist) else None,
-                           "beyond_extent": not math.isfinite(dist),
-                           "adversarial_distance": plane.adversarial_distance})
+            images.append(_one_image(ctx, options, index, where[index], path, names))
             task.advance(1)
     return {"images": images, "class_names": list(names) if names else None}
+
+
+def _one_image(ctx: "AuditContext", options: Options, index: int, row: int, path: str, names) -> dict[str, Any]:
+    """The plane, the grid of predictions and the PNG for one sample; its report entry."""
+    import torch
+
+    from robaudit.geometry.cross_section import cross_section, draw, plane_basis
+
+    model, c, data = ctx.model.module, int(ctx.model.num_classes), ctx.data
+    x = data.images(torch.tensor([row]), device=ctx.device, dtype=ctx.dtype)
+    label = int(data.y[row])
+    plane = plane_basis(model, x, label, index, options.plane.value, extent=options.extent,
+                        seed=ctx.seed, n_classes=c)
+    if plane.note:
+        ctx.warn(f"cross-section: index {index}: {plane.note}")
+    sec = cross_section(model, x, plane, extent=options.extent, resolution=options.resolution,
+                        chunk=max(1, ctx.batch_size))
+
+    def name(k: int) -> str:
+        return f"{k} {names[k]}" if names and 0 <= k < len(names) else str(k)
+
+    dist = sec.boundary_distance
+    title = (f"index {index} · label {name(label) if label >= 0 else '?'} · predicted {name(sec.centre_pred)}\n"
+             f"{plane.kind} plane · nearest boundary in the plane: "
+             f"{fmt(dist) if math.isfinite(dist) else f'> {fmt(options.extent)}'}")
+    _write_png(path, options.force, lambda fh: draw(sec, plane, fh, n_classes=c, class_names=names, title=title))
+    return {"index": index, "label": label, "pred": sec.centre_pred, "path": path,
+            "plane": plane.kind, "plane_requested": options.plane.value,
+            "extent": options.extent, "resolution": options.resolution, "classes_seen": sec.classes_seen,
+            "boundary_distance": dist if math.isfinite(dist) else None, "beyond_extent": not math.isfinite(dist),
+            "adversarial_distance": plane.adversarial_distance}
 
 
 def render(section: Mapping[str, Any]) -> list:
