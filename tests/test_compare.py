@@ -60,3 +60,24 @@ def test_every_metric_and_alias_has_a_declared_direction(name):
     if analysis.aliases is not None:
         for alias, canonical in analysis.aliases(section).items():
             assert canonical in declared, (alias, canonical)
+
+
+def test_compare_output_in_a_pipe_is_never_cut(tmp_path, capsys, monkeypatch):
+    import json
+
+    from robaudit.cli.app import run as cli
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    a, b = _attacks(0.6), _attacks(0.05)
+    for rep in (a, b):
+        rep.update({"schema_version": 1, "tool": {"name": "robaudit", "version": "0"}, "complete": True,
+                    "environment": {"torch": "x", "device": "cpu", "seed": 0, "dtype": "float32"}})
+        rep["model"].update({"sha256": None, "format": "module", "num_classes": 10, "input_shape": [1, 28, 28]})
+        rep["analyses"]["attacks"]["results"][0]["attack"] = "a_really_long_attack_name_for_the_table"
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    code = cli(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--fail-on-regression", "5"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "attacks.a_really_long_attack_name_for_the_table@8/255.robust_accuracy" in out
+    assert "…" not in out and "higher" in out

@@ -115,7 +115,7 @@ def audit(typed: dict[str, Any]) -> int:
 
     cfg = replace(cfg, settings=file_settings)
     return execute(command="audit", names=names, cli_settings=typed, cli_options=set_options,
-                   thresholds=thresholds, profile_options=profile_options, cfg=cfg)
+                   thresholds=thresholds, profile_options=profile_options, cfg=cfg, profile=profile)
 
 
 def gate(
@@ -218,6 +218,7 @@ def compare(
     if json:
         console.file.write(_json.dumps(result, indent=2) + "\n")
     else:
-        for renderable in render_comparison(result):
-            console.print(renderable)
+        from robaudit.report.terminal import print_renderables
+
+        print_renderables(render_comparison(result), console)  # never cut: metric names are what gates use
     return 1 if result.get("regressions") else 0

@@ -42,7 +42,7 @@ def make_plan(names: list[str], cfg: FileConfig, cli_options: Mapping[str, Mappi
 def execute(*, command: str, names: list[str], cli_settings: Mapping[str, Any],
             cli_options: Mapping[str, Mapping[str, Any]], thresholds: list | None = None,
             profile_options: Mapping[str, Mapping[str, Any]] | None = None,
-            cfg: FileConfig | None = None) -> int:
+            cfg: FileConfig | None = None, profile: str | None = None) -> int:
     """The whole run for ``names``; returns the exit code (0, or 1 on a failed gate)."""
     from robaudit.settings import build_settings
 
@@ -70,7 +70,8 @@ def execute(*, command: str, names: list[str], cli_settings: Mapping[str, Any],
     settings = _rank_device(settings, shard)
     dist.init(shard, backend=settings.dist_backend, device_kind=settings.device.split(":")[0])
     try:
-        return _execute(command, settings, plan, thresholds, diag, shard, build_context, run_plan, make_report)
+        return _execute(command, settings, plan, thresholds, diag, shard, build_context, run_plan, make_report,
+                        profile)
     finally:
         dist.shutdown()
 
@@ -133,7 +134,8 @@ def fingerprint(settings, plan, model_sha: str | None) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=lambda v: getattr(v, "value", str(v))))
 
 
-def _execute(command, settings, plan, thresholds, diag, shard, build_context, run_plan, make_report) -> int:
+def _execute(command, settings, plan, thresholds, diag, shard, build_context, run_plan, make_report,
+             profile: str | None = None) -> int:
     from robaudit import dist
 
     ctx = build_context(settings, plan, progress=diag.progress, warn=diag.warn, note=diag.note)
@@ -162,6 +164,8 @@ def _execute(command, settings, plan, thresholds, diag, shard, build_context, ru
     report = make_report(command=command, ctx=ctx, settings=settings, sections=sections, timings=timings,
                          warnings=diag.warnings, complete=complete)
     report["environment"]["world_size"] = shard.world_size
+    if profile is not None:
+        report["profile"] = profile
     if thresholds:
         report["gate"] = gate_of(report, thresholds, interrupted=interrupted)
     emit(report, settings, plan, diag)

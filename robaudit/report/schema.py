@@ -82,6 +82,7 @@ def build() -> dict[str, Any]:
             "tool": {"type": "object", "required": ["name", "version"],
                      "properties": {"name": {"const": "robaudit"}, "version": {"type": "string"}}},
             "command": {"type": "string"},
+            "profile": {"enum": ["quick", "standard", "full"]},
             "created": {"type": "string"},
             "complete": {"type": "boolean"},
             "environment": {"type": "object", "required": ["torch", "device", "seed", "dtype"],
