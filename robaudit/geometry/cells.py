@@ -41,8 +41,13 @@ LINE_GRID = 8
 
 @torch.no_grad()
 def predict(model: Model, points: torch.Tensor, chunk: int) -> torch.Tensor:
-    """argmax class of ``points`` (N, *input), ``chunk`` points per forward; (N,) long."""
-    out = [model(points[s: s + chunk]).argmax(dim=1) for s in range(0, points.shape[0], max(1, chunk))]
+    """argmax class of ``points`` (N, *input), ``chunk`` points per forward; (N,) long.
+
+    No autograd: a search only needs classes, and recording a graph per forward costs as much as the
+    small models' arithmetic.
+    """
+    with torch.inference_mode():
+        out = [model(points[s: s + chunk]).argmax(dim=1) for s in range(0, points.shape[0], max(1, chunk))]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=points.device)
 
 
