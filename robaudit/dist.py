@@ -203,7 +203,7 @@ class Checkpoint:
 
     def save(self, label: str, rank: int, batches: Mapping[int, Iterable[Any]]) -> None:
         """Rewrite this rank's shard file atomically with ``batches`` (ordinal → rows)."""
-        from robaudit.analyses.runner import row_dict
+        from robaudit.rows import row_dict
 
         body = {"batches": {str(k): [row_dict(r) for r in rows] for k, rows in sorted(batches.items())}}
         _write_json(self._shard_path(label, rank), body)

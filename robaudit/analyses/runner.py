@@ -9,9 +9,9 @@ fields, so the same rows can later be gathered across ranks or saved to resume.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence, TypeVar
+
+from robaudit.rows import row_dict  # noqa: F401  (re-exported: analyses import it from here)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -27,21 +27,6 @@ class Batch(NamedTuple):
     index: "torch.Tensor"
     x: "torch.Tensor"
     y: "torch.Tensor"
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    return value
-
-
-def row_dict(row: Any) -> dict[str, Any]:
-    """A row dataclass as a JSON-safe dict (NaN/Inf → None)."""
-    return {f.name: _json_value(getattr(row, f.name)) for f in dataclasses.fields(row)}
 
 
 def batches(ctx: "AuditContext", label: str, *, batch_size: int | None = None,
