@@ -198,6 +198,8 @@ def line_search(model: Model, x: torch.Tensor, label: torch.Tensor, keys: torch.
 
 # Overshoot factors tried on an attack's output that stopped just short of the boundary.
 EXTEND_FACTORS = (1.001, 1.01, 1.05, 1.2)
+# Outward steps (each 4x the last, from the bisection's last bracket) for refined points that flip back.
+REFINE_BACKOFF = 12
 
 
 @torch.no_grad()
@@ -252,6 +254,18 @@ def refine_segment(model: Model, x: torch.Tensor, x_adv: torch.Tensor, label: to
         lo[act] = torch.where(h, lo[act], mid)
     out = x_adv.clone()
     out[act] = (x[act] + hi[act].to(x.dtype).view((-1,) + view[1:]) * delta[act]).clamp(0, 1)
+    # A point this close to the boundary can flip back when evaluated in another batch (float
+    # reductions differ by batch composition). Check it the way the re-check will (the whole batch)
+    # and step the failing ones outward, doubling the step, until they hold; t = 1 is x_adv itself.
+    step = (hi - lo).clamp_min(1e-6)
+    for _ in range(REFINE_BACKOFF):
+        held = model(out).argmax(dim=1) != label
+        bad = act[~held[act]]
+        if bad.numel() == 0:
+            break
+        hi[bad] = torch.clamp(hi[bad] + step[bad], max=1.0)
+        step[bad] = step[bad] * 4
+        out[bad] = (x[bad] + hi[bad].to(x.dtype).view((-1,) + view[1:]) * delta[bad]).clamp(0, 1)
     return out
 
 
