@@ -19,10 +19,6 @@ __all__ = ["__version__", *_API]
 
 def __getattr__(name: str) -> Any:
     # PEP 562: import robaudit.api (and torch) only when an API name is used
-    if name == "audit":  # the engine module, callable as the API's audit(); see robaudit/audit.py
-        import importlib
-
-        return importlib.import_module("robaudit.audit")
     if name in _API:
         from robaudit import api
 

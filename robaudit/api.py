@@ -6,7 +6,7 @@
     report = robaudit.audit(model, data, analyses=["norms", "attacks"], attacks={"eps": "2/255,8/255"})
     report.metrics["norms.spectral.mean"]; report.show(); report.gate(fail_below={"attacks.worst_case@8/255": 0.2})
 
-Every entry point runs the same engine as ``robaudit audit`` (:mod:`robaudit.audit`):
+Every entry point runs the same engine as ``robaudit audit`` (:mod:`robaudit.engine`):
 the same option validation, the same analyses, the same report. A plain ``nn.Module``
 (pixels in [0,1] → logits) is accepted wherever a model is, and is handed back in the
 state it came in (train/eval flags, ``requires_grad``, hooks).
@@ -193,7 +193,7 @@ def _adapted(model: Any, *, input_shape: Sequence[int] | None, data_shape: Seque
 
 
 def _path_with_data_shape(path: str, data_shape: Sequence[int] | None, device: Any) -> "LoadedModel":
-    from robaudit.audit import load_model_for
+    from robaudit.engine import load_model_for
     from robaudit.settings import Settings
 
     return load_model_for(Settings(model=path), device, data_shape=tuple(data_shape) if data_shape else None)
@@ -261,7 +261,7 @@ def audit(model: Any = None, data: Any = None, analyses: Sequence[str] | str | N
     import torch
 
     from robaudit import analyses as registry
-    from robaudit.audit import Plan, check_fit, run_plan
+    from robaudit.engine import Plan, check_fit, run_plan
     from robaudit.context import AuditContext, null_progress
     from robaudit.data import check_compatible
     from robaudit.errors import UsageError

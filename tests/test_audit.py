@@ -125,7 +125,7 @@ def test_quick_audit_report_structure_matches_golden(tmp_path, capsys):
 
 
 def test_unknown_analysis_or_metric_in_config_fails_before_computation(tmp_path, capsys, monkeypatch):
-    from robaudit import audit as engine
+    from robaudit import engine
 
     def no_work(*args, **kwargs):
         raise AssertionError("computation started")

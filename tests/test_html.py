@@ -128,7 +128,7 @@ def test_html_escapes_user_text_and_marks_incomplete(run_html):
 
 
 def test_bad_html_path_fails_before_any_work(tmp_path, capsys, monkeypatch):
-    from robaudit import audit as engine
+    from robaudit import engine
 
     monkeypatch.setattr(engine, "build_context", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
     assert cli("norms", "--html", str(tmp_path / "missing" / "r.html")) == 2

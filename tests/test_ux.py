@@ -209,7 +209,7 @@ def test_set_overrides_analysis_options_and_settings(tmp_path):
     ("limit", "expected KEY=VALUE"),
 ])
 def test_set_is_validated_like_the_yaml(item, message, capsys, monkeypatch):
-    from robaudit import audit as engine
+    from robaudit import engine
 
     monkeypatch.setattr(engine, "build_context", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
     assert cli("audit", "-a", "norms", "--set", item) == 2
@@ -325,7 +325,7 @@ FMNIST = Path("/usr/share/datasets")
 
 @pytest.mark.skipif(not (FMNIST / "fashion-mnist").is_dir(), reason="Fashion-MNIST IDX files not installed")
 def test_named_dataset_defaults_to_the_profile_limit_and_says_so(tmp_path):
-    from robaudit.audit import NAMED_DATA_LIMIT
+    from robaudit.engine import NAMED_DATA_LIMIT
 
     out = tmp_path / "r.json"
     proc = _robaudit("norms", "--data", "fashionmnist", "--data-root", str(FMNIST), "-o", str(out),

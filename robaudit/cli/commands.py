@@ -1,6 +1,6 @@
 """Commands: one per registered analysis (built from its Options), plus
 info, audit, gate, show and compare. Commands are thin: they parse, call the
-engine (:mod:`robaudit.audit`), and hand the report to the renderers.
+engine (:mod:`robaudit.engine`), and hand the report to the renderers.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def info(
     if settings.unsafe_load:
         diag.warn("--unsafe-load: unpickling a full module runs code from the file; use only files you trust")
 
-    from robaudit.audit import load_model_for
+    from robaudit.engine import load_model_for
     from robaudit.device import resolve_device
     from robaudit.models.summary import summarize
     from robaudit.report.io import check_output_path, dumps, write_report

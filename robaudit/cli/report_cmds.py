@@ -13,7 +13,7 @@ GATE_HELP = "Evaluate gate thresholds on an existing report, without recomputing
 SHOW_HELP = "Render a JSON report exactly as the run that wrote it printed it."
 COMPARE_HELP = "Compare the metrics of two reports side by side, with deltas."
 
-from robaudit.audit import ALL_SAMPLES  # noqa: E402  (torch-free)
+from robaudit.engine import ALL_SAMPLES  # noqa: E402  (torch-free)
 
 PROFILES: dict[str, dict[str, Any]] = {
     # Common settings a profile implies (below config and CLI in precedence).

@@ -14,7 +14,7 @@ def make_plan(names: list[str], cfg: FileConfig, cli_options: Mapping[str, Mappi
               base: Mapping[str, Mapping[str, Any]] | None = None):
     """Validated plan: options = base (profile) ← config ← CLI, for each analysis."""
     from robaudit import analyses
-    from robaudit.audit import Plan
+    from robaudit.engine import Plan
 
     for name in cfg.analyses:  # unknown names in the config fail before any work
         analyses.get(name)
@@ -64,7 +64,7 @@ def execute(*, command: str, names: list[str], cli_settings: Mapping[str, Any],
     if settings.unsafe_load:
         diag.warn("--unsafe-load: unpickling a full module runs code from the file; use only files you trust")
 
-    from robaudit.audit import build_context, run_plan
+    from robaudit.engine import build_context, run_plan
     from robaudit.report.build import make_report
 
     settings = _rank_device(settings, shard)

@@ -7,9 +7,7 @@ produced by the same code from the same seed.
 
 from __future__ import annotations
 
-import sys
 import time
-import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -241,20 +239,3 @@ def _run_one(ctx: AuditContext, analysis: Analysis, options: Any) -> dict[str, A
 
 __all__ = ["Plan", "build_context", "run_plan", "load_model_for", "load_data_for", "read_data", "check_fit",
            "NAMED_DATA_LIMIT", "ALL_SAMPLES"]
-
-
-class _Engine(types.ModuleType):
-    """``robaudit.audit`` is this module *and* the API call ``robaudit.audit(model, data, ...)``.
-
-    A package attribute cannot be both the submodule ``robaudit.audit`` (which Python binds
-    on import) and a function, so the module itself is callable and forwards to
-    :func:`robaudit.api.audit`.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any):
-        from robaudit.api import audit
-
-        return audit(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _Engine
