@@ -142,9 +142,18 @@ def broadcast(shard: Shard, payload: Any) -> Any:
 
 
 def shutdown() -> None:
-    try:
-        import torch.distributed as dist
+    """Leave the process group, if one is up; never imports anything.
 
+    It runs in a ``finally`` that an interrupt can reach while a C extension is half-imported;
+    importing torch.distributed then (re-registering its pybind types) aborts the interpreter
+    (seen as exit -6 or -2 instead of 130). A group can only exist if the module is loaded.
+    """
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is None:
+        return
+    try:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     except Exception:  # best effort at exit

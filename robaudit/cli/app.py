@@ -95,8 +95,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # OpenMP's busy-wait policy makes small LAPACK calls 10-100x slower on shared cores;
     # must be set before torch is imported (the user's own setting wins).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from robaudit.cli.interrupts import guarded_imports
+
     try:
-        code = run(argv)
+        with guarded_imports():  # Ctrl-C is held back while torch & co. initialise (see the module)
+            code = run(argv)
     except KeyboardInterrupt:  # a second Ctrl-C while the first is being reported
         code = 130
     sys.exit(code)
