@@ -269,11 +269,11 @@ def _budget(model, planned: PlannedAttack, plan: AttackPlan, index, x, y, target
 
 def _noise(model, x, y, sigma: float, seed: int) -> tuple:
     """Gaussian white noise x̃ = clip(x + N(0, σ²), 0, 1) (Hoffman et al. 2019, eq. 9), drawn by torchattacks' GN."""
-    import torchattacks
+    from robaudit.attacks.library import attack_class
 
     start = time.perf_counter()
     with seeded(seed, x.device):
-        gn = torchattacks.GN(model, std=sigma)
+        gn = attack_class("GN")(model, std=sigma)
         gn.set_device(x.device)
         noisy = call_attack(gn, x, y, f"noise at sigma {sigma:g}")
     check = verify(model, x, y, noisy, Budget(None, None))

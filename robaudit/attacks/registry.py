@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Callable, Mapping
 
+from robaudit.attacks.library import attack_class
 from robaudit.attacks.threat import TORCHATTACKS_NORM, Norm
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,30 +111,24 @@ class AttackSpec:
         return params.steps
 
 
-def _ta():
-    import torchattacks
-
-    return torchattacks
-
-
 def _fgsm(model, p: AttackParams):
-    return _ta().FGSM(model, eps=p.eps)
+    return attack_class("FGSM")(model, eps=p.eps)
 
 
 def _pgd(model, p: AttackParams):
-    return _ta().PGD(model, eps=p.eps, alpha=p.alpha, steps=p.steps, random_start=p.random_start)
+    return attack_class("PGD")(model, eps=p.eps, alpha=p.alpha, steps=p.steps, random_start=p.random_start)
 
 
 def _pgdl2(model, p: AttackParams):
-    return _ta().PGDL2(model, eps=p.eps, alpha=p.alpha, steps=p.steps, random_start=p.random_start)
+    return attack_class("PGDL2")(model, eps=p.eps, alpha=p.alpha, steps=p.steps, random_start=p.random_start)
 
 
 def _tpgd(model, p: AttackParams):
-    return _ta().TPGD(model, eps=p.eps, alpha=p.alpha, steps=p.steps)
+    return attack_class("TPGD")(model, eps=p.eps, alpha=p.alpha, steps=p.steps)
 
 
 def _square(model, p: AttackParams):
-    return _ta().Square(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, n_queries=p.queries,
+    return attack_class("Square")(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, n_queries=p.queries,
                         n_restarts=p.restarts, seed=p.seed, verbose=False)
 
 
@@ -172,32 +167,32 @@ def _cw(model, p: AttackParams):
     # torchattacks stops early when the loss rises at a checkpoint (every steps/10), so few steps
     # stop far from the boundary: 1000 steps gives distances within ~1.5 % of the closed form on
     # linear models (tests/test_attacks_linear.py). CW distances are upper bounds.
-    return _ta().CW(_positive_logits(model), c=1.0, kappa=KAPPA, steps=p.steps, lr=0.005)
+    return attack_class("CW")(_positive_logits(model), c=1.0, kappa=KAPPA, steps=p.steps, lr=0.005)
 
 
 def _deepfool(model, p: AttackParams):
-    return _ta().DeepFool(model, steps=p.steps, overshoot=0.02)
+    return attack_class("DeepFool")(model, steps=p.steps, overshoot=0.02)
 
 
 def _apgd(model, p: AttackParams):
-    return _ta().APGD(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, steps=p.steps, n_restarts=p.restarts,
+    return attack_class("APGD")(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, steps=p.steps, n_restarts=p.restarts,
                       seed=p.seed, loss="ce", verbose=False)
 
 
 def _apgdt(model, p: AttackParams):
-    return _ta().APGDT(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, steps=p.steps, n_restarts=p.restarts,
+    return attack_class("APGDT")(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, steps=p.steps, n_restarts=p.restarts,
                        seed=p.seed, verbose=False, n_classes=p.n_classes)
 
 
 def _fab(model, p: AttackParams):
     # float64 is refused when the plan is made (FAB casts to float32 inside torchattacks).
-    return _ta().FAB(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, steps=p.steps, n_restarts=p.restarts,
+    return attack_class("FAB")(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, steps=p.steps, n_restarts=p.restarts,
                      seed=p.seed, verbose=False, multi_targeted=p.targeted, n_classes=p.n_classes)
 
 
 def _autoattack(model, p: AttackParams):
     # seed must be explicit: torchattacks' default (None) seeds from time.time().
-    return _ta().AutoAttack(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, version="standard",
+    return attack_class("AutoAttack")(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, version="standard",
                             n_classes=p.n_classes, seed=p.seed, verbose=False)
 
 

@@ -107,7 +107,7 @@ def cw_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int 
 
     Shapes: x (B, *input) in [0,1]; y (B,) the class to move away from.
     """
-    import torchattacks
+    from robaudit.attacks.library import attack_class
 
     from robaudit.attacks.run import Budget, call_attack, seed_for, seeded, verify
     from robaudit.models.guard import preserved
@@ -121,7 +121,7 @@ def cw_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int 
     wrapped = ScaledLogits(model).eval()
     holder: list[torch.Tensor] = []
     with preserved(model, eval=True, freeze=True), seeded(seed_for(seed, "cw-search"), dev):
-        atk = torchattacks.CW(wrapped, c=1.0, kappa=0.0, steps=steps, lr=lr)
+        atk = attack_class("CW")(wrapped, c=1.0, kappa=0.0, steps=steps, lr=lr)
         atk.set_device(dev)
         atk.set_mode_targeted_by_function(lambda images, labels: holder[0], quiet=True)
         for t in range(cand.shape[1]):

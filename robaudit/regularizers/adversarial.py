@@ -33,9 +33,9 @@ class AdversarialTraining(Regularizer):
 
     def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x* (B, *input), detached, with ‖x* − x‖∞ ≤ eps and x* ∈ [0,1]."""
-        import torchattacks
+        from robaudit.attacks.library import attack_class
 
-        attack = torchattacks.PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True)
+        attack = attack_class("PGD")(model, eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True)
         x_adv = attack(x.detach(), y).detach()
         # never trust what an attack library returns (see attacks/run.py: verify)
         if not bool(((x_adv - x).abs() <= self.eps + 1e-6).all()) or x_adv.min() < 0 or x_adv.max() > 1:
