@@ -95,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # OpenMP's busy-wait policy makes small LAPACK calls 10-100x slower on shared cores;
     # must be set before torch is imported (the user's own setting wins).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from robaudit.cli import allocator
+
+    allocator.tune()  # reuse freed tensors instead of faulting them in again (glibc; the user's MALLOC_* wins)
     from robaudit.cli.interrupts import guarded_imports
 
     try:
