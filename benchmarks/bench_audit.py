@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", required=True, help="baseline checkout (its robaudit/ is imported)")
     parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--only", choices=("default", "quick", "attack-standard", "attack-quick"), default=None)
+    parser.add_argument("--only", nargs="+", choices=("default", "quick", "default-4", "quick-4", "attack-standard", "attack-quick"), default=None)
     args = parser.parse_args()
     import torch
 
@@ -51,15 +51,21 @@ def main() -> None:
     # The attack command alone isolates the attack battery (the audits also run analyses added since the
     # baseline); the new code's exhaustive run is the reference for "same or lower robust accuracy",
     # since it draws the same random starts per batch as the pruned default.
+    # "…-4" runs the four analyses the baseline's profiles ran (norms, spectrum, layers, attacks): the
+    # like-for-like comparison, since the profiles now also run linearity and cells.
+    four = ["--analyses", "norms,spectrum,layers,attacks"]
     cases = {"default": ["audit"], "quick": ["audit", "--profile", "quick"],
+             "default-4": ["audit", *four], "quick-4": ["audit", "--profile", "quick", *four],
              "attack-standard": ["attack", "--battery", "standard", "--limit", "1000"],
              "attack-quick": ["attack", "--battery", "quick", "--limit", "256"]}
     for name, cli in cases.items():
-        if args.only and name != args.only:
+        if args.only and name not in args.only:
             continue
         variants = [("base", Path(args.base), cli), ("new", HERE, cli)]
         if name.startswith("attack"):
             variants.append(("new --prune exhaustive", HERE, [*cli, "--prune", "exhaustive"]))
+        elif name.startswith("default"):  # the reference for "same or lower robust accuracy"
+            variants.append(("new --prune exhaustive", HERE, [*cli, "--set", "analyses.attacks.prune=exhaustive"]))
         times: dict[str, list[float]] = {v[0]: [] for v in variants}
         attack_s: dict[str, list[float]] = {v[0]: [] for v in variants}
         worst: dict[str, dict] = {}
