@@ -11,6 +11,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
+from robaudit.cli import allocator
+
+allocator.tune()  # in-process runs get the CLI's malloc settings too (the CLI's subprocesses set their own)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ASSETS = REPO.parent / "shared" / "assets"
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
