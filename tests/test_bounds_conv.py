@@ -288,3 +288,47 @@ def test_float32_circular_matches_naive_fft_svd():
     assert value == pytest.approx(naive, rel=1e-4)
     res_g = gram.gram_iteration(fourier.gram_blocks(w, (12, 12)))
     assert value * (1 - 1e-5) <= res_g.bound <= 1.01 * value
+
+
+# ---------------------------------------------------------------------------
+# conv→BatchNorm: the fused kernel's bound from the conv's own Gram blocks
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,dil,groups,pad,size", [
+    (6, 6, 3, 1, 1, 1, 1, (9, 9)),     # square: output-side blocks, scaled
+    (8, 4, 3, 1, 1, 1, 1, (8, 10)),    # c_out < c_in
+    (4, 8, 3, 1, 1, 1, 1, (8, 8)),     # c_out > c_in: input side, recomputed
+    (4, 8, 3, 2, 1, 1, 1, (11, 11)),   # strided: the polyphase kernel has 16 inputs, output side
+    (8, 8, 1, 2, 1, 1, 0, (10, 10)),   # 1×1 downsampling
+    (6, 6, 3, 1, 2, 2, 2, (9, 9)),     # groups and dilation
+    (6, 6, 3, 1, 1, 3, 1, (7, 7)),
+])
+def test_fused_bound_from_the_unfused_blocks_equals_the_direct_one(cin, cout, k, stride, dil, groups, pad, size):
+    """fused_tightest(w, s, geom, circular(w, geom)) is circular(S·w, geom).tightest, for any real s
+    (negative BatchNorm gains included), and both bound the dense truth of the zero-padded layer."""
+    gen = torch.Generator().manual_seed(cin * 100 + cout + stride)
+    module = nn.Conv2d(cin, cout, k, stride=stride, dilation=dil, groups=groups, padding=pad, bias=False).double()
+    with torch.no_grad():
+        module.weight.copy_(torch.randn(module.weight.shape, generator=gen, dtype=torch.float64))
+    scale = torch.randn(cout, generator=gen, dtype=torch.float64) * 3
+    shape = (cin, *size)
+    geom = ConvGeometry.of(module, shape)
+    w = module.weight.detach()
+    direct = conv.circular(w * scale.reshape(-1, 1, 1, 1), geom).tightest
+    reused = conv.fused_tightest(w, scale, geom, conv.circular(w, geom))
+    assert reused == pytest.approx(direct, rel=1e-12)
+    assert conv.fused_tightest(w, scale, geom) == pytest.approx(direct, rel=1e-12)  # without the blocks
+    fused = nn.Conv2d(cin, cout, k, stride=stride, dilation=dil, groups=groups, padding=pad, bias=False).double()
+    with torch.no_grad():
+        fused.weight.copy_(w * scale.reshape(-1, 1, 1, 1))
+    assert dense_sigma(fused, shape) <= reused * (1 + 1e-12)
+
+
+def test_scale_blocks_is_the_gram_of_the_scaled_kernel():
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(6, 3, 3, 3, generator=gen, dtype=torch.float64)  # groups 2: 3 out × 3 in per group
+    s = torch.randn(6, generator=gen, dtype=torch.float64)
+    assert fourier.output_side(3, 3)
+    h = fourier.scale_blocks(fourier.gram_blocks(w, (7, 7), None, 2), s, 2)
+    direct = fourier.gram_blocks(w * s.reshape(-1, 1, 1, 1), (7, 7), None, 2)
+    assert torch.allclose(h, direct, rtol=1e-12, atol=1e-12)

@@ -110,6 +110,8 @@ def test_layers_of_one_shape_batch_into_one_grouped_call():
     lambda: nn.Conv2d(6, 2, 3, padding=2, dilation=2, padding_mode="circular", groups=2),
     lambda: nn.Conv1d(3, 4, 5, padding=2, padding_mode="circular"),
     lambda: nn.Conv2d(3, 4, 3, padding=1, stride=2, padding_mode="circular"),
+    lambda: nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),  # square: output-side Gram blocks
+    lambda: nn.Conv2d(5, 3, 3, padding=1, padding_mode="circular"),  # c_out < c_in
 ])
 def test_warm_start_is_a_top_singular_vector_of_circular_layers(build):
     torch.manual_seed(7)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from robaudit.bounds import onnx_ops, ops
 from robaudit.bounds import rules as R
-from robaudit.bounds.conv import circular, linear_norm
+from robaudit.bounds.conv import fused_tightest, linear_norm
 from robaudit.bounds.trace import Recorder, arg_nodes, enclosing_module, has_tensor, record_shapes, trace
 from robaudit.errors import RobauditError, UnsupportedLayerError
 from robaudit.models.guard import preserved
@@ -144,7 +144,17 @@ class Composer:
         rec = LayerRecord(base if k == 0 else f"{base}#{k + 1}", type_name, tuple(in_shape), self.shape(node), bound)
         self.layers.append(rec)
         self.layer_of[node] = rec
+        if bound.circular is not None and not self._fusable_next(node):
+            bound.circular = None  # the Gram blocks are large: keep them only for the BatchNorm fusion
         return rec
+
+    def _fusable_next(self, node: fx.Node) -> bool:
+        """The node's only user is a BatchNorm module that :meth:`_fused_bn` may fold into it."""
+        if not self.fuse_bn or len(node.users) != 1:
+            return False
+        user = next(iter(node.users))
+        return user.op == "call_module" and isinstance(self.model.get_submodule(user.target),
+                                                       nn.modules.batchnorm._BatchNorm)
 
     def add_layer(self, node: fx.Node, bound: R.LayerBound, src: fx.Node, kind: str,
                   in_shape: tuple | None = None) -> float:
@@ -268,10 +278,14 @@ class Composer:
         if scale is None:
             return None
         w, geom = record.bound.linear
-        w = w * scale.to(w).reshape(-1, *([1] * (w.dim() - 1)))
+        circ, record.bound.circular = record.bound.circular, None  # used once, then freed
         with R.threads_for(math.prod(record.input_shape) + math.prod(record.output_shape)):
-            # only what the composition needs: the exact circular (and strided) value of the fused kernel
-            pair = linear_norm(w) if geom is None else circular(w, geom).tightest
+            # only what the composition needs: the exact circular (and strided) value of the fused kernel,
+            # from the conv's own Gram blocks where they allow it
+            if geom is None:
+                pair = linear_norm(w * scale.to(w).reshape(-1, *([1] * (w.dim() - 1))))
+            else:
+                pair = fused_tightest(w, scale, geom, circ)
         separate = record.bound.upper * float(scale.abs().max())
         pair = min(pair, separate)
         record.fused = {"with": self.layer_of[node].name, "upper": pair, "separate": separate}

@@ -44,15 +44,39 @@ def _tap_positions(ksize: Sequence[int], dilation: Sequence[int]) -> Tensor:
     return torch.cartesian_prod(*[torch.arange(k) * dl for k, dl in zip(ksize, dilation)]).reshape(-1, len(ksize))
 
 
+def output_side(c_out: int, c_in: int) -> bool:
+    """Whether the Gram blocks of a kernel with ``c_out`` × ``c_in`` blocks (per group) are taken on the
+    output side, conj(G(ω)G(ω)ᴴ), rather than the input side, G(ω)ᴴG(ω).
+
+    The output side whenever it is not the larger one (square kernels included): a scale S of the
+    output channels (a folded BatchNorm) then acts on those blocks as S·H·S, so the fused kernel's
+    blocks come from the unfused ones without a second autocorrelation (:func:`scale_blocks`).
+    """
+    return c_out <= c_in
+
+
+def scale_blocks(h: Tensor, scale: Tensor, groups: int = 1) -> Tensor:
+    """Output-side Gram blocks of the kernel S·W from those of W: H'(ω) = S·H(ω)·S.
+
+    With G'(ω) = S·G(ω), conj(G'G'ᴴ) = S·conj(GGᴴ)·S (S real diagonal). ``h`` is
+    (g·F, m, m) group-major as :func:`gram_blocks` returns it with :func:`output_side`
+    true; ``scale`` holds the g·m output-channel factors.
+    """
+    m = h.shape[-1]
+    s = scale.to(device=h.device, dtype=h.real.dtype).reshape(groups, 1, m)
+    outer = (s.transpose(1, 2) * s).to(h.dtype)  # (g, m, m): s_i·s_j per group
+    return (h.reshape(groups, -1, m, m) * outer[:, None]).reshape(h.shape)
+
+
 def gram_blocks(weight: Tensor, fft_size: Sequence[int], dilation: Sequence[int] | None = None,
                 groups: int = 1) -> Tensor:
-    """Gram matrices H(ω) = G(ω)ᴴG(ω) of the Fourier blocks of a kernel, on the smaller side.
+    """Gram matrices of the Fourier blocks G(ω) of a kernel, on the side :func:`output_side` picks.
 
     H is assembled from the kernel's autocorrelation, H(ω) = Σ_δ e^{-i⟨ω, δ⟩} M_δ
     with M_δ = Σ_{b-a=δ} W_aᵀW_b: one real GEMM plus a small DFT over the lags
     instead of an FFT and a batched complex Gram product. Frequencies cover the
-    half-spectrum (G(-ω) = conj(G(ω)) has the same singular values). When
-    c_out < c_in the blocks are of Gᵀ (same singular values).
+    half-spectrum (G(-ω) = conj(G(ω)) has the same singular values). On the output
+    side (c_out ≤ c_in) the blocks are of Gᵀ, conj(GGᴴ) (same nonzero eigenvalues).
 
     Args:
         weight: (c_out, c_in/g, *k) real kernel (1-D or 2-D).
@@ -70,7 +94,7 @@ def gram_blocks(weight: Tensor, fft_size: Sequence[int], dilation: Sequence[int]
     ksize = tuple(weight.shape[2:])
     taps = math.prod(ksize)
     w = weight.reshape(g, co, cig, taps)
-    x = w if co >= cig else w.transpose(1, 2)
+    x = w.transpose(1, 2) if output_side(co, cig) else w
     m = x.shape[2]
     xm = x.permute(0, 1, 3, 2).reshape(g, x.shape[1], taps * m)  # column block a holds X_a
     pos = _tap_positions(ksize, dilation)
@@ -265,7 +289,7 @@ class Strided:
     Attributes:
         upper: certified σ upper bound for the layer (pad factor and rounding slack included).
         kernel: the polyphase kernel; canvas: the polyphase canvas size; blocks: its Gram blocks.
-        top: the BlockMax of ``blocks``.
+        top: the BlockMax of ``blocks``; factor: the pad factor in ``upper`` (1 for circular padding).
     """
 
     upper: float
@@ -273,6 +297,7 @@ class Strided:
     canvas: tuple[int, ...]
     blocks: Tensor
     top: BlockMax
+    factor: float = 1.0
 
 
 def strided_circular(weight: Tensor, geom: ConvGeometry) -> Strided | None:
@@ -301,7 +326,7 @@ def strided_circular(weight: Tensor, geom: ConvGeometry) -> Strided | None:
     h = gram_blocks(wp, canvas, None, geom.groups)
     top = block_max_eig(h)
     margin = 1.0 + rounding_margin(weight.dtype, max(wp.shape[0], wp.shape[1]) * math.prod(wp.shape[2:]))
-    return Strided(math.sqrt(max(top.certified_upper, 0.0)) * factor * margin, wp, canvas, h, top)
+    return Strided(math.sqrt(max(top.certified_upper, 0.0)) * factor * margin, wp, canvas, h, top, factor)
 
 
 # ---------------------------------------------------------------------------
@@ -332,7 +357,7 @@ def top_right_vector(weight: Tensor, h: Tensor, top: BlockMax, fft_size: Sequenc
     g = (w.to(cdtype) * torch.polar(torch.ones_like(phase), phase).to(device=w.device, dtype=cdtype)).sum(-1)  # G(ω)
     _, vecs = torch.linalg.eigh(h[top.index])
     u = vecs[:, -1]
-    v = u if co >= cig else g.mH @ u.conj()  # H = GᴴG, or conj(GGᴴ) when the blocks are of Gᵀ
+    v = g.mH @ u.conj() if output_side(co, cig) else u  # H = conj(GGᴴ) (blocks of Gᵀ), or GᴴG
     v = v / torch.linalg.vector_norm(v).clamp_min(torch.finfo(weight.dtype).tiny)
     grid = torch.cartesian_prod(*[torch.arange(m, dtype=torch.float64) for m in fft_size]).reshape(-1, d)
     wave = torch.polar(torch.ones(grid.shape[0], dtype=torch.float64), 2 * math.pi * (grid @ freq)).to(cdtype)
@@ -356,5 +381,5 @@ def unphase(x: Tensor, stride: Sequence[int]) -> Tensor:
     return y.reshape(c, canvas[0] * stride[0], canvas[1] * stride[1])
 
 
-__all__ = ["rounding_margin", "gram_blocks", "fourier_blocks", "BlockMax", "block_max_eig", "circular_norm",
+__all__ = ["rounding_margin", "output_side", "scale_blocks", "gram_blocks", "fourier_blocks", "BlockMax", "block_max_eig", "circular_norm",
            "polyphase_kernel", "Strided", "strided_circular", "top_right_vector", "unphase"]

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robaudit.bounds.conv import circular, kernel_bounds, linear_norm, warm_start
+from robaudit.bounds.conv import Circular, circular, kernel_bounds, linear_norm, warm_start
 from robaudit.bounds.geometry import ConvGeometry
 from robaudit.bounds.opnorm import ConvMap, LinearMap, NormEstimate, operator_norms
 
@@ -93,6 +93,8 @@ class LayerBound:
         reason: why ``upper`` is None.
         job: the operator-norm computation still to run (see :func:`run_power`), or None.
         linear: for conv/linear layers, (weight, geometry or None): what BatchNorm fusion needs.
+        circular: a conv's :class:`Circular` (its Gram blocks), kept only until a following BatchNorm
+            has been fused with it (the composer drops it; the blocks are large).
     """
 
     upper: float | None
@@ -103,6 +105,7 @@ class LayerBound:
     reason: str | None = None
     job: PowerJob | None = field(default=None, repr=False)
     linear: tuple[torch.Tensor, ConvGeometry | None] | None = field(default=None, repr=False)
+    circular: Circular | None = field(default=None, repr=False, compare=False)
 
 
 Rule = Callable[[nn.Module, tuple, tuple, RuleOptions], LayerBound]
@@ -143,7 +146,7 @@ def conv_layer(weight: torch.Tensor, geom: ConvGeometry, in_shape: Sequence[int]
         if opts.iters > 0 else None
     method = "min(circular_exact, strided, singla" + (", gram)" if opts.gram else ")")
     return LayerBound(upper=b.upper, exact=b.circular_exact if b.circular_is_exact else None, kind="conv",
-                      method=method, info=b.as_dict(), job=job, linear=(w, geom))
+                      method=method, info=b.as_dict(), job=job, linear=(w, geom), circular=circ)
 
 
 def linear_layer(weight: torch.Tensor, opts: RuleOptions) -> LayerBound:
