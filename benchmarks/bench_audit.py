@@ -64,7 +64,7 @@ def main() -> None:
         variants = [("base", Path(args.base), cli), ("new", HERE, cli)]
         if name.startswith("attack"):
             variants.append(("new --prune exhaustive", HERE, [*cli, "--prune", "exhaustive"]))
-        elif name.startswith("default"):  # the reference for "same or lower robust accuracy"
+        else:  # the reference for "same or lower robust accuracy"
             variants.append(("new --prune exhaustive", HERE, [*cli, "--set", "analyses.attacks.prune=exhaustive"]))
         times: dict[str, list[float]] = {v[0]: [] for v in variants}
         attack_s: dict[str, list[float]] = {v[0]: [] for v in variants}
