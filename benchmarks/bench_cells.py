@@ -18,6 +18,11 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads
 
+from robaudit.cli import allocator  # noqa: E402
+
+# The process runs with the CLI's malloc settings, as `robaudit cells` does (ROBAUDIT_MALLOC=default: glibc's own).
+TUNED_MALLOC = allocator.tune()
+
 import argparse  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
@@ -28,7 +33,8 @@ import torch  # noqa: E402
 
 def machine() -> str:
     return (f"{platform.machine()} · {os.cpu_count()} cores · torch {torch.__version__} · "
-            f"{torch.get_num_threads()} threads · Python {platform.python_version()}")
+            f"{torch.get_num_threads()} threads · Python {platform.python_version()} · "
+            f"malloc {'robaudit (reuse ≤ 32 MiB)' if TUNED_MALLOC else 'glibc defaults'}")
 
 
 def main() -> None:

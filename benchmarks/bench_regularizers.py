@@ -16,6 +16,11 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads
 
+from robaudit.cli import allocator  # noqa: E402
+
+# The process runs with the CLI's malloc settings, as `robaudit train` does (ROBAUDIT_MALLOC=default: glibc's own).
+TUNED_MALLOC = allocator.tune()
+
 import argparse  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
@@ -84,7 +89,8 @@ def main() -> None:
     best = {n: min(v) for n, v in runs.items()}
     plain = best["none"]
     print(f"machine: {platform.machine()} · {os.cpu_count()} cores · torch {torch.__version__} · "
-          f"{torch.get_num_threads()} threads · Python {platform.python_version()}")
+          f"{torch.get_num_threads()} threads · Python {platform.python_version()} · "
+          f"malloc {'robaudit (reuse ≤ 32 MiB)' if TUNED_MALLOC else 'glibc defaults'}")
     print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"LeNet, batch {args.batch}, {args.steps} timed steps, best of {args.repeats} interleaved rounds\n")
     print(f"{'regularizer':28s} {'ms/step':>9s} {'× plain':>8s}   defaults")
