@@ -1,4 +1,4 @@
-from robaudit.cli.app import main
+from robaudit.cli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -105,7 +105,26 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = run(argv)
     except KeyboardInterrupt:  # a second Ctrl-C while the first is being reported
         code = 130
+    if code == 130:
+        _exit_interrupted()
     sys.exit(code)
+
+
+def _exit_interrupted() -> None:
+    """Exit 130 now, after flushing the streams (the partial report is already written).
+
+    A plain ``sys.exit(130)`` after a handled Ctrl-C sometimes ended as death by SIGINT
+    (exit -2 for the parent process, no output): CPython's ``Py_RunMain`` re-raises SIGINT
+    after finalisation when its "unhandled KeyboardInterrupt" flag is set, and that flag is
+    also set when the interrupt passes through code a C extension ran with ``PyRun_*``,
+    even if robaudit caught it later. ``os._exit`` makes the documented code certain.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe: nothing more to say
+            pass
+    os._exit(130)
 
 
 def run(argv: Sequence[str]) -> int:

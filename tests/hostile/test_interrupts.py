@@ -53,3 +53,25 @@ def test_a_compiled_import_finishes_before_the_interrupt(tmp_path: Path, monkeyp
     import builtins
 
     assert builtins.__import__ is interrupts._original_import  # the hook is gone after the block
+
+
+def test_an_interrupt_while_the_cli_itself_imports_is_130_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """The console script imports only the standard library before the app: a Ctrl-C while Typer and
+    Rich load is exit 130 with one line, not a traceback."""
+    import builtins
+
+    from robaudit.cli import entry
+
+    real = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "robaudit.cli.app":
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        entry.main()
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
