@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from robaudit.bounds import onnx_ops, ops
 from robaudit.bounds import rules as R
-from robaudit.bounds.conv import fused_tightest, linear_norm
+from robaudit.bounds.conv import fused_tightest, linear_norm, scaled_kernel
 from robaudit.bounds.trace import Recorder, arg_nodes, enclosing_module, has_tensor, record_shapes, trace
 from robaudit.errors import RobauditError, UnsupportedLayerError
 from robaudit.models.guard import preserved
@@ -274,16 +274,16 @@ class Composer:
         record = self.layer_of.get(src)
         if len(src.users) != 1 or record is None or record.bound.linear is None or record.bound.upper is None:
             return None
+        circ, record.bound.circular = record.bound.circular, None  # used once (or not at all), then freed
         scale = R.batchnorm_scale(module)
         if scale is None:
             return None
         w, geom = record.bound.linear
-        circ, record.bound.circular = record.bound.circular, None  # used once, then freed
         with R.threads_for(math.prod(record.input_shape) + math.prod(record.output_shape)):
             # only what the composition needs: the exact circular (and strided) value of the fused kernel,
             # from the conv's own Gram blocks where they allow it
             if geom is None:
-                pair = linear_norm(w * scale.to(w).reshape(-1, *([1] * (w.dim() - 1))))
+                pair = linear_norm(scaled_kernel(w, scale))
             else:
                 pair = fused_tightest(w, scale, geom, circ)
         separate = record.bound.upper * float(scale.abs().max())

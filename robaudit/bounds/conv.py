@@ -21,8 +21,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from robaudit.bounds.fourier import (BlockMax, Strided, block_max_eig, gram_blocks, output_side, rounding_margin,
-                                     scale_blocks, strided_circular, top_right_vector, unphase)
+from robaudit.bounds.fourier import (BlockMax, Strided, block_max_eig, certified_sigma, gram_blocks, output_side,
+                                     rounding_margin, scale_blocks, strided_circular, top_right_vector, unphase)
 from robaudit.bounds.geometry import ConvGeometry
 from robaudit.bounds.gram import gram_iteration
 from robaudit.bounds.opnorm import ConvMap, NormEstimate, crop_to_input, operator_norms
@@ -69,11 +69,15 @@ def circular(weight: Tensor, geom: ConvGeometry) -> Circular:
     h = gram_blocks(weight, fft_size, geom.dilation, geom.groups)
     top = block_max_eig(h)
     inner = max(weight.shape[0] // geom.groups, weight.shape[1]) * math.prod(ksize)
-    margin = 1.0 + rounding_margin(weight.dtype, inner)
     return Circular(exact=math.sqrt(max(top.value, 0.0)) * factor,
-                    upper=math.sqrt(max(top.certified_upper, 0.0)) * factor * margin,
+                    upper=certified_sigma(top, factor, weight.dtype, inner),
                     is_exact=is_exact, pad_factor=factor, fft_size=fft_size, blocks=h, top=top,
                     strided=strided_circular(weight, geom))
+
+
+def scaled_kernel(weight: Tensor, scale: Tensor) -> Tensor:
+    """``weight`` with each output channel (row) multiplied by ``scale``: a folded BatchNorm's gain."""
+    return weight * scale.to(weight).reshape(-1, *([1] * (weight.dim() - 1)))
 
 
 def fused_tightest(weight: Tensor, scale: Tensor, geom: ConvGeometry, circ: Circular | None = None) -> float:
@@ -86,25 +90,22 @@ def fused_tightest(weight: Tensor, scale: Tensor, geom: ConvGeometry, circ: Circ
     products per entry (‖E‖₂ ≤ ‖E‖_F ≤ 2·eps·‖H'‖_F ≤ 2·eps·√m·λ_max, inside the slack for m ≤ n).
     """
     g = geom.groups
-    w = weight * scale.to(weight).reshape(-1, *([1] * (weight.dim() - 1)))
     co, cig = weight.shape[0] // g, weight.shape[1]
     if circ is None or not output_side(co, cig):
-        return circular(w, geom).tightest
-    eps = torch.finfo(weight.dtype).eps
-    ksize = tuple(weight.shape[2:])
+        return circular(scaled_kernel(weight, scale), geom).tightest
+    extra = 4 * torch.finfo(weight.dtype).eps
     top = block_max_eig(scale_blocks(circ.blocks, scale, g))
-    margin = 1.0 + rounding_margin(weight.dtype, max(co, cig) * math.prod(ksize)) + 4 * eps
-    upper = math.sqrt(max(top.certified_upper, 0.0)) * circ.pad_factor * margin
+    upper = certified_sigma(top, circ.pad_factor, weight.dtype, max(co, cig) * math.prod(weight.shape[2:]), extra)
     strided: float | None = None
     if circ.strided is not None:
         st = circ.strided
         sco, scig = st.kernel.shape[0] // g, st.kernel.shape[1]
         if output_side(sco, scig):
             stop = block_max_eig(scale_blocks(st.blocks, scale, g))
-            smargin = 1.0 + rounding_margin(weight.dtype, max(sco, scig) * math.prod(st.kernel.shape[2:])) + 4 * eps
-            strided = math.sqrt(max(stop.certified_upper, 0.0)) * st.factor * smargin
+            strided = certified_sigma(stop, st.factor, weight.dtype, max(sco, scig) * math.prod(st.kernel.shape[2:]),
+                                      extra)
         else:
-            fused = strided_circular(w, geom)
+            fused = strided_circular(scaled_kernel(weight, scale), geom)
             strided = fused.upper if fused is not None else None
     return tightest(upper, strided)
 
@@ -245,5 +246,5 @@ def linear_norm(weight: Tensor) -> float:
     return float(torch.linalg.matrix_norm(weight, ord=2))
 
 
-__all__ = ["tightest", "Circular", "circular", "fused_tightest", "warm_start", "ConvBounds", "kernel_bounds", "conv_bounds",
+__all__ = ["tightest", "Circular", "circular", "scaled_kernel", "fused_tightest", "warm_start", "ConvBounds", "kernel_bounds", "conv_bounds",
            "linear_norm"]

@@ -32,6 +32,12 @@ def rounding_margin(dtype: torch.dtype, n: int) -> float:
     return 8 * math.sqrt(max(n, 1)) * torch.finfo(dtype).eps
 
 
+def certified_sigma(top: "BlockMax", factor: float, dtype: torch.dtype, inner: int, extra: float = 0.0) -> float:
+    """The certified σ upper bound of a layer from its Gram blocks' certified maximum:
+    √μ · pad factor · (1 + :func:`rounding_margin` for sums of length ``inner`` + ``extra``)."""
+    return math.sqrt(max(top.certified_upper, 0.0)) * factor * (1.0 + rounding_margin(dtype, inner) + extra)
+
+
 def _frequencies(fft_size: Sequence[int]) -> Tensor:
     """(F, d) frequencies in cycles per sample, rfft layout: full range on all dims but the last, half on it."""
     axes = [torch.arange(m, dtype=torch.float64) / m for m in fft_size[:-1]]
@@ -325,8 +331,8 @@ def strided_circular(weight: Tensor, geom: ConvGeometry) -> Strided | None:
     wp = polyphase_kernel(weight, stride, geom.dilation)
     h = gram_blocks(wp, canvas, None, geom.groups)
     top = block_max_eig(h)
-    margin = 1.0 + rounding_margin(weight.dtype, max(wp.shape[0], wp.shape[1]) * math.prod(wp.shape[2:]))
-    return Strided(math.sqrt(max(top.certified_upper, 0.0)) * factor * margin, wp, canvas, h, top, factor)
+    upper = certified_sigma(top, factor, weight.dtype, max(wp.shape[0], wp.shape[1]) * math.prod(wp.shape[2:]))
+    return Strided(upper, wp, canvas, h, top, factor)
 
 
 # ---------------------------------------------------------------------------
@@ -381,5 +387,5 @@ def unphase(x: Tensor, stride: Sequence[int]) -> Tensor:
     return y.reshape(c, canvas[0] * stride[0], canvas[1] * stride[1])
 
 
-__all__ = ["rounding_margin", "output_side", "scale_blocks", "gram_blocks", "fourier_blocks", "BlockMax", "block_max_eig", "circular_norm",
+__all__ = ["rounding_margin", "certified_sigma", "output_side", "scale_blocks", "gram_blocks", "fourier_blocks", "BlockMax", "block_max_eig", "circular_norm",
            "polyphase_kernel", "Strided", "strided_circular", "top_right_vector", "unphase"]
