@@ -34,7 +34,7 @@ import torch  # noqa: E402
 def machine() -> str:
     return (f"{platform.machine()} · {os.cpu_count()} cores · torch {torch.__version__} · "
             f"{torch.get_num_threads()} threads · Python {platform.python_version()} · "
-            f"malloc {'robaudit (reuse ≤ 32 MiB)' if TUNED_MALLOC else 'glibc defaults'}")
+            f"malloc {'robaudit (one heap, no mmap)' if TUNED_MALLOC else 'glibc defaults'}")
 
 
 def main() -> None:

@@ -14,8 +14,9 @@ Targets (exit 1 if missed): circular_exact matches naive to rtol 1e-4 and is ≥
 operator_norm ≤ 1.5× plain power, and at least as accurate; with --command: the whole `robaudit layers` on resnet18
 ≤ 1.3× (circular_exact + plain power) measured in the same run.
 
---command also profiles the command phase by phase (import, model load, trace, per-layer methods, BN-fused pass,
-composition, report) with cProfile, on resnet18 and on the sample model, and times `import onnx2torch` in a fresh
+--command also profiles the command phase by phase (import, model load, trace, the per-layer pool, per-layer methods
+left to the main thread, BN-fused pass, composition, report) with cProfile (which sees the main thread only: the
+pool's work is its wall time), on resnet18 and on the sample model, and times `import onnx2torch` in a fresh
 process (the cost `layers` no longer pays for PyTorch models).
 
 Usage: python benchmarks/bench_layers.py [--repeat N] [--threads T] [--dtype float32|float64] [--command]
@@ -36,6 +37,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from robaudit.cli import allocator  # noqa: E402
+
+# The reference methods run with the CLI's malloc settings, as the command does (ROBAUDIT_MALLOC=default: glibc's).
+TUNED_MALLOC = allocator.tune()
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -187,6 +193,7 @@ PHASES = {  # phase → (file suffix, function) whose cumulative times add up to
     "model load": [("robaudit/models/load.py", "load_model")],
     "trace + shapes": [("robaudit/bounds/graph.py", "trace"), ("robaudit/bounds/graph.py", "_record_shapes"),
                        ("robaudit/bounds/trace.py", "trace"), ("robaudit/bounds/trace.py", "record_shapes")],
+    "per-layer pool (threads)": [("robaudit/bounds/compose.py", "prefetch")],
     "per-layer methods": [("robaudit/bounds/rules.py", "bound_module"), ("robaudit/bounds/ops.py", "_conv"),
                           ("robaudit/bounds/rules.py", "run_power")],
     "  operator_norm": [("robaudit/bounds/conv.py", "operator_norm"), ("robaudit/bounds/opnorm.py", "operator_norms")],
@@ -218,8 +225,8 @@ def phase_times(prof_file: str) -> dict[str, float]:
                     if not inside:
                         total += cum
         out[phase] = total
-    out["composition"] = max(out["bounds total"] - out["trace + shapes"] - out["per-layer methods"]
-                             - out["BN-fused pass"], 0.0)
+    out["composition"] = max(out["bounds total"] - out["trace + shapes"] - out["per-layer pool (threads)"]
+                             - out["per-layer methods"] - out["BN-fused pass"], 0.0)
     return out
 
 
@@ -307,7 +314,8 @@ def main() -> int:
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     print(f"machine: {cpu_name()} · {os.cpu_count()} cores · torch {torch.__version__} · "
           f"{torch.get_num_threads()} threads · OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} · "
-          f"load avg {load[0]:.2f} · python {platform.python_version()}")
+          f"load avg {load[0]:.2f} · python {platform.python_version()} · "
+          f"malloc {'robaudit (one heap, no mmap)' if TUNED_MALLOC else 'glibc defaults'}")
     print(f"resnet18 (random init), input {args.size}×{args.size}, {args.dtype}, repeat {args.repeat}\n")
     budget = per_layer(args, dtype)
     ok = bool(budget["ok"])

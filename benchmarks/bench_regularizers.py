@@ -90,7 +90,7 @@ def main() -> None:
     plain = best["none"]
     print(f"machine: {platform.machine()} · {os.cpu_count()} cores · torch {torch.__version__} · "
           f"{torch.get_num_threads()} threads · Python {platform.python_version()} · "
-          f"malloc {'robaudit (reuse ≤ 32 MiB)' if TUNED_MALLOC else 'glibc defaults'}")
+          f"malloc {'robaudit (one heap, no mmap)' if TUNED_MALLOC else 'glibc defaults'}")
     print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"LeNet, batch {args.batch}, {args.steps} timed steps, best of {args.repeats} interleaved rounds\n")
     print(f"{'regularizer':28s} {'ms/step':>9s} {'× plain':>8s}   defaults")

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
@@ -171,6 +173,89 @@ class Composer:
         where = enclosing_module(node)
         return where[0] if where else node.name
 
+    # -- the per-layer work, ahead of the pass, on every core ---------------------
+
+    def prefetch(self, workers: int) -> None:
+        """Bound every conv/linear module call (with its following BatchNorm, and its operator norm) on
+        ``workers`` threads, ahead of the pass.
+
+        The rules are pure functions of (module, shapes, options), and most of a convolution's cost is
+        batched LAPACK over its Fourier blocks, which runs on one core per call: layers bounded side by
+        side use the machine where one layer at a time leaves a core idle. Each thread runs its torch
+        ops on one core (the intra-op threads are restored when the pool is done). The operator norms of
+        layers of one shape (one batched Lanczos call, as :func:`robaudit.bounds.rules.run_power` makes)
+        start as soon as the last of those layers is bounded. The pass then takes the results from the
+        cache, in graph order as before; a layer the prefetch did not cover, or whose rule failed, is
+        bounded in the pass as before.
+        """
+        jobs: list[tuple[tuple, nn.Module, tuple, tuple, tuple[str, torch.Tensor] | None]] = []
+        seen_calls: Counter[str] = Counter()
+        for node in self.graph.nodes:
+            if node.op != "call_module":
+                continue
+            module = self.model.get_submodule(node.target)
+            rule = R.rule_for(module, self.rules)
+            calls = self.module_shapes.get(node.target) or []
+            k = seen_calls[str(node.target)]
+            seen_calls[str(node.target)] += 1
+            if rule not in R.PARALLEL_RULES or k >= len(calls):
+                continue
+            in_shape, out_shape = calls[k]
+            key = (node.target, in_shape, out_shape)
+            if key in self._cache or any(j[0] == key for j in jobs):
+                continue
+            bn = None
+            if self._fusable_next(node):
+                user = next(iter(node.users))
+                scale = R.batchnorm_scale(self.model.get_submodule(user.target))
+                bn = (str(user.target), scale) if scale is not None else None
+            jobs.append((key, module, in_shape, out_shape, bn))
+        if workers < 2 or len(jobs) < 2:
+            return
+        # the dearest layers first (Fourier blocks × channels³), so no thread is left with a big one at the end
+        jobs.sort(key=lambda j: -_cost(j[2], j[3]))
+        power_of = {j[0]: R.power_key(j[1], j[2], self.opts) for j in jobs}
+        left = Counter(k for k in power_of.values() if k is not None)
+        members: dict[tuple, list[R.LayerBound]] = {}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # read by each worker thread at its first op
+        pool = ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="robaudit-bounds")
+        try:
+            futures = {pool.submit(self._bound_job, *j[1:]): j[0] for j in jobs}
+            powers: list[Future] = []
+            for fut in as_completed(futures):
+                key = futures[fut]
+                try:
+                    bound = self._cache[key] = fut.result()
+                except RobauditError:
+                    raise
+                except Exception:  # noqa: BLE001  # the pass bounds it again and reports the failure there
+                    bound = None
+                group = power_of[key]
+                if group is None:
+                    continue
+                if bound is not None and bound.job is not None and bound.job.map.key == group:
+                    members.setdefault(group, []).append(bound)
+                left[group] -= 1
+                if left[group] == 0 and members.get(group):
+                    powers.append(pool.submit(R.run_power, members.pop(group), self.opts))
+            for fut in powers:
+                fut.result()  # a failure is raised here, as run_power would raise it after the pass
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            torch.set_num_threads(threads)
+
+    def _bound_job(self, module: nn.Module, in_shape: tuple, out_shape: tuple,
+                   bn: tuple[str, torch.Tensor] | None) -> R.LayerBound:
+        bound = R.bound_module(module, in_shape, out_shape, self.opts, rules=self.rules, defer_power=True)
+        if bn is not None and bound.linear is not None and bound.upper is not None:
+            w, geom = bound.linear
+            name, scale = bn
+            bound.fused_with[name] = linear_norm(scaled_kernel(w, scale)) if geom is None \
+                else fused_tightest(w, scale, geom, bound.circular)
+        bound.circular = None  # the Gram blocks are large, and the fused value is known now
+        return bound
+
     # -- the pass -------------------------------------------------------------
 
     def run(self) -> float | None:
@@ -279,18 +364,27 @@ class Composer:
         if scale is None:
             return None
         w, geom = record.bound.linear
-        with R.threads_for(math.prod(record.input_shape) + math.prod(record.output_shape)):
-            # only what the composition needs: the exact circular (and strided) value of the fused kernel,
-            # from the conv's own Gram blocks where they allow it
-            if geom is None:
-                pair = linear_norm(scaled_kernel(w, scale))
-            else:
-                pair = fused_tightest(w, scale, geom, circ)
+        pair = record.bound.fused_with.get(str(node.target))  # bounded ahead by :meth:`prefetch`
+        if pair is None:
+            with R.threads_for(math.prod(record.input_shape) + math.prod(record.output_shape)):
+                # only what the composition needs: the exact circular (and strided) value of the fused kernel,
+                # from the conv's own Gram blocks where they allow it
+                if geom is None:
+                    pair = linear_norm(scaled_kernel(w, scale))
+                else:
+                    pair = fused_tightest(w, scale, geom, circ)
         separate = record.bound.upper * float(scale.abs().max())
         pair = min(pair, separate)
         record.fused = {"with": self.layer_of[node].name, "upper": pair, "separate": separate}
         # the pair's input is the conv's input (after a folded pad): L(BN(conv(u))) ≤ pair · L(u)
         return pair * self.L[self.input_of[src]]
+
+
+def _cost(in_shape: tuple, out_shape: tuple) -> float:
+    """A layer's bounding cost, roughly: spatial size × c_in × c_out × min(c_in, c_out) (its Fourier blocks' GEMMs
+    and factorisations)."""
+    c_in, c_out = in_shape[0], (out_shape[0] if out_shape else 1)
+    return math.prod(in_shape[1:]) * c_in * c_out * min(c_in, c_out)
 
 
 def lipschitz_bound(model: nn.Module, x: Tensor, *, opts: R.RuleOptions | None = None,
@@ -346,6 +440,7 @@ def _compose(model: nn.Module, x: Tensor, graph: fx.Graph, untraceable: dict[str
     names = [n.target for n in graph.nodes if n.op == "call_module"]
     module_shapes = record_shapes(model, names, lambda: recorder.run(x))
     comp = Composer(model, graph, recorder.values, opts, module_shapes, fuse_bn, rules)
+    comp.prefetch(torch.get_num_threads())
     upper = comp.run()
     notes = [f"{name}: could not be traced ({why}); bounded as one layer" for name, why in untraceable.items()]
     return GraphBound(lipschitz_upper=upper, method="fx", layers=comp.layers, unbounded=comp.unbounded,

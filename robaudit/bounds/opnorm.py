@@ -19,6 +19,7 @@ one grouped convolution, so one call serves all of them.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from robaudit.bounds.geometry import ConvGeometry
 from robaudit.linalg.lanczos import lanczos
+from robaudit.linalg.products import pullback
 
 WARM_NOISE = 1e-2  # share of a random vector mixed into a warm start, so no direction is missed
 RESTART = 16  # Lanczos steps between restarts
@@ -110,7 +112,7 @@ class ConvMap:
         with torch.enable_grad():  # a pad is linear: its vector-Jacobian product is its transpose
             x = torch.zeros((z.shape[0], z.shape[1], *self.geom.spatial), dtype=z.dtype, device=z.device,
                             requires_grad=True)
-            (out,) = torch.autograd.grad(self._pad(x), x, grad_outputs=z)
+            (out,) = pullback(self._pad(x), x, z)
         return out
 
     def stack(self, maps: Sequence["ConvMap"]) -> tuple[Tensor, int]:
@@ -184,8 +186,9 @@ def operator_norms(maps: Sequence[Map], *, warm: Sequence[Tensor | None] | None 
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(maps):
         groups.setdefault(m.key, []).append(i)
-    gen = torch.Generator().manual_seed(seed)
-    for idx in groups.values():
+    for key, idx in groups.items():
+        # each group draws from its own stream (seed, key): the same starts whichever groups run, in any order
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(repr(key[:-1]).encode()))
         init = _starts([maps[i] for i in idx], [warm[i] for i in idx], gen)
         for i, est in zip(idx, _restarted([maps[i] for i in idx], init, iters, tol, restart)):
             out[i] = est

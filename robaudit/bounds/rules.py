@@ -95,6 +95,8 @@ class LayerBound:
         linear: for conv/linear layers, (weight, geometry or None): what BatchNorm fusion needs.
         circular: a conv's :class:`Circular` (its Gram blocks), kept only until a following BatchNorm
             has been fused with it (the composer drops it; the blocks are large).
+        fused_with: BatchNorm name → the bound of this layer with that BatchNorm folded in, when it was
+            computed ahead of the composition (:meth:`robaudit.bounds.compose.Composer.prefetch`).
     """
 
     upper: float | None
@@ -106,6 +108,7 @@ class LayerBound:
     job: PowerJob | None = field(default=None, repr=False)
     linear: tuple[torch.Tensor, ConvGeometry | None] | None = field(default=None, repr=False)
     circular: Circular | None = field(default=None, repr=False, compare=False)
+    fused_with: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
 
 Rule = Callable[[nn.Module, tuple, tuple, RuleOptions], LayerBound]
@@ -204,6 +207,25 @@ def batchnorm_scale(module: nn.Module) -> torch.Tensor | None:
     if module.weight is not None:
         scale = scale * module.weight.detach().double()
     return scale
+
+
+#: Rules that are pure functions of (module, shapes, options) and dear enough to run on a thread of their own
+#: (:meth:`robaudit.bounds.compose.Composer.prefetch`).
+PARALLEL_RULES = frozenset({_conv, _linear})
+
+
+def power_key(module: nn.Module, in_shape: Sequence[int], opts: RuleOptions) -> tuple | None:
+    """The batching key (:attr:`ConvMap.key` / :attr:`LinearMap.key`) of the operator-norm job that the conv or
+    linear rule will leave for ``module`` on ``in_shape``, known before the rule runs; None for other modules."""
+    rule, weight = rule_for(module), getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or opts.iters <= 0:
+        return None
+    if rule is _conv:
+        return ("conv", tuple(weight.shape), ConvGeometry.of(module, in_shape), tuple(int(s) for s in in_shape),
+                opts.dtype, weight.device)
+    if rule is _linear:
+        return ("linear", tuple(weight.shape), opts.dtype, weight.device)
+    return None
 
 
 @register(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -434,6 +456,13 @@ def _rule_type(module: nn.Module, table: dict) -> type | None:
     return None
 
 
+def rule_for(module: nn.Module, rules: Mapping[type, Rule] | None = None) -> Rule | None:
+    """The rule :func:`bound_module` would apply to ``module`` (None: no rule)."""
+    table = rules if rules is not None else RULES
+    t = _rule_type(module, table)
+    return table[t] if t is not None else None
+
+
 def has_rule(module: nn.Module, rules: Mapping[type, Rule] | None = None) -> bool:
     """Whether a rule (or a known 'unbounded' reason) exists for ``module``: the graph keeps it a leaf.
 
@@ -484,7 +513,7 @@ def bound_module(module: nn.Module, in_shape: Sequence[int], out_shape: Sequence
     return unbounded(f"no rule for {type(module).__module__}.{type(module).__qualname__}")
 
 
-__all__ = ["RuleOptions", "LayerBound", "PowerJob", "conv_layer", "linear_layer", "run_power", "apply_power", "RULES", "UNBOUNDED", "ACTIVATIONS", "register", "has_rule",
+__all__ = ["RuleOptions", "LayerBound", "PowerJob", "conv_layer", "linear_layer", "run_power", "apply_power", "RULES", "PARALLEL_RULES", "UNBOUNDED", "rule_for", "power_key", "ACTIVATIONS", "register", "has_rule",
            "bound_module", "batchnorm_scale", "max_pool_constant", "avg_pool_constant",
            "adaptive_avg_pool_constant", "adaptive_max_pool_constant", "window_counts", "pad_constant",
            "threads_for"]

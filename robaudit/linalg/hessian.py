@@ -34,7 +34,7 @@ from torch import nn
 from robaudit.kinds import CurvatureMethod, CurvatureTarget
 from robaudit.linalg.lanczos import Which, lanczos
 from robaudit.linalg.power import power_method
-from robaudit.linalg.products import check_output
+from robaudit.linalg.products import check_output, pullback
 from robaudit.linalg.tol import default_tol
 
 
@@ -122,7 +122,7 @@ class HessianOperator:
         if self._grad is None:
             return torch.zeros(self.batch, self.dim, dtype=self.x.dtype, device=self.x.device)
         with torch.enable_grad():
-            (hv,) = torch.autograd.grad(self._grad, self.x, grad_outputs=tangent, retain_graph=True, allow_unused=True)
+            (hv,) = pullback(self._grad, self.x, tangent, retain_graph=True, allow_unused=True)
         if hv is None:  # the gradient does not depend on x (piecewise-linear margin)
             return torch.zeros(self.batch, self.dim, dtype=self.x.dtype, device=self.x.device)
         return hv.detach().reshape(self.batch, -1)

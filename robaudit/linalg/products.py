@@ -60,6 +60,20 @@ class JvpMode(str, enum.Enum):
 _NO_FORWARD_MODE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
+def pullback(output: torch.Tensor, inputs: torch.Tensor, cotangent: torch.Tensor, **kwargs) -> tuple:
+    """``torch.autograd.grad(output, inputs, grad_outputs=cotangent, **kwargs)``.
+
+    For a constant ``cotangent`` (no autograd history) it is taken as the gradient of ⟨output, cotangent⟩:
+    the same numbers (the backward of the product hands ``1·cotangent`` on, exactly), but torch 2.x imports
+    ``torch.fx.experimental.symbolic_shapes`` and sympy (0.8 s) the first time ``grad_outputs`` is given a
+    tensor, which every command taking a vector-Jacobian product paid at start-up. A cotangent with history
+    (differentiable solvers) goes to ``grad_outputs``: there ⟨output, u(x)⟩ would differentiate u too.
+    """
+    if cotangent.requires_grad:
+        return torch.autograd.grad(output, inputs, grad_outputs=cotangent, **kwargs)
+    return torch.autograd.grad((output * cotangent).sum(), inputs, **kwargs)
+
+
 def apply_target(logits: torch.Tensor, target: Target) -> torch.Tensor:
     """Map logits (B, C) to the chosen output."""
     if target is Target.PROBS:
@@ -156,8 +170,8 @@ class JacobianOperator:
         self.n_vjp += 1
         keep = self._keep(keep_graph)
         with torch.enable_grad():
-            (g,) = torch.autograd.grad(self.output, self.x, grad_outputs=u.to(self.output.dtype),
-                                       retain_graph=True, create_graph=keep, allow_unused=True)
+            (g,) = pullback(self.output, self.x, u.to(self.output.dtype), retain_graph=True, create_graph=keep,
+                            allow_unused=True)
         if g is None:  # output does not depend on the input: J = 0
             return torch.zeros(self.batch, self.dim, dtype=self.x.dtype, device=self.x.device)
         return g.reshape(self.batch, -1)
@@ -195,13 +209,13 @@ class JacobianOperator:
         with torch.enable_grad():
             if self._dual_g is None:
                 self._dual_u = torch.zeros_like(self.output, requires_grad=True)
-                (g,) = torch.autograd.grad(self.output, self.x, grad_outputs=self._dual_u,
-                                           retain_graph=True, create_graph=True, allow_unused=True)
+                (g,) = pullback(self.output, self.x, self._dual_u, retain_graph=True, create_graph=True,
+                                allow_unused=True)
                 if g is None or not g.requires_grad:  # J constant in u-space only if J = 0
                     return torch.zeros(self.batch, self.num_outputs, dtype=self.x.dtype, device=self.x.device)
                 self._dual_g = g
-            (jv,) = torch.autograd.grad(self._dual_g, self._dual_u, grad_outputs=tangent,
-                                        retain_graph=True, create_graph=keep, allow_unused=True)
+            (jv,) = pullback(self._dual_g, self._dual_u, tangent, retain_graph=True, create_graph=keep,
+                             allow_unused=True)
         if jv is None:
             return torch.zeros(self.batch, self.num_outputs, dtype=self.x.dtype, device=self.x.device)
         return jv if keep else jv.detach()
