@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 # With OpenMP's default busy-wait policy, small LAPACK calls slow down 10-100x when the
@@ -14,6 +15,11 @@ import pytest
 from robaudit.cli import allocator
 
 allocator.tune()  # in-process runs get the CLI's malloc settings too (the CLI's subprocesses set their own)
+
+# A shell that starts pytest in the background (`pytest &` in a script) hands it SIGINT ignored; the
+# interrupt tests need Python's own handler, as in a terminal or CI.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ASSETS = REPO.parent / "shared" / "assets"

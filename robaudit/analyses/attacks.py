@@ -162,7 +162,7 @@ def run(ctx: "AuditContext", options: Options) -> dict[str, Any]:
         rows = collect_rows(ctx, "attacks", lambda b: compute_rows(model, b, plan, seed=ctx.seed, n_total=n,
                                                                    advance=lambda k: None),
                             description=f"attacks ({plan.prune.value})", work_per_sample=plan.runs + len(plan.sigmas),
-                            freeze=True)
+                            freeze=True, parallel=True)
     except KeyboardInterrupt as exc:
         exc.partial_section = summarise(getattr(exc, "partial_rows", []), plan, seed=ctx.seed,  # type: ignore[attr-defined]
                                         per_sample=options.per_sample, complete=False)

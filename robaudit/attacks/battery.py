@@ -155,6 +155,7 @@ def _run_on(model, planned: PlannedAttack, plan: AttackPlan, eps: float | None, 
     atk = build_attack(model, spec, params, x.device, holder)
     budget = budget_of(spec, params)
     rounds = params.restarts if spec.outer_restarts else 1
+    stream = torch.Generator().manual_seed(seed)  # the draws not keyed by sample, across restarts
     with seeded(seed, x.device):  # the same seed at every eps: random starts are scaled copies
         for restart in range(rounds):
             # each restart runs only on the samples no earlier restart broke (the first success is kept)
@@ -165,7 +166,7 @@ def _run_on(model, planned: PlannedAttack, plan: AttackPlan, eps: float | None, 
             tgt = target[sel].to(x.device) if target is not None and spec.targeted == "mode" else None
             holder[0] = tgt
             xs, ys = x[dev], y[dev]
-            with KeyedDraws(index[sel].tolist(), key_seed, salt=restart):
+            with KeyedDraws(index[sel].tolist(), key_seed, salt=restart, stream=stream):
                 x_adv = call_attack(atk, xs, ys, what)
             check = verify(model, xs, ys, x_adv, budget, tgt)
             viol[sel] += check.violation.cpu().long()
@@ -272,7 +273,7 @@ def _noise(model, x, y, sigma: float, seed: int) -> tuple:
     from robaudit.attacks.library import attack_class
 
     start = time.perf_counter()
-    with seeded(seed, x.device):
+    with seeded(seed, x.device), KeyedDraws([], seed, stream=seed):  # every draw from the batch's stream
         gn = attack_class("GN")(model, std=sigma)
         gn.set_device(x.device)
         noisy = call_attack(gn, x, y, f"noise at sigma {sigma:g}")

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
+import threading
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -47,12 +49,52 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+class _Muted:
+    """sys.stdout while some thread is inside :func:`quiet`: that thread's writes are dropped, every
+    other thread's (the report, a progress bar, a partial report after Ctrl-C) reach the real stream."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def write(self, text: str) -> int:
+        return len(text) if getattr(_MUTED, "depth", 0) else self.real.write(text)
+
+    def flush(self) -> None:
+        if not getattr(_MUTED, "depth", 0):
+            self.real.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+_MUTED = threading.local()
+_QUIET_LOCK = threading.Lock()
+_quiet_users = 0
+_quiet_real: Any = None
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """torchattacks prints to stdout (e.g. when it cannot find the device);
-    stdout carries the report, so swallow it."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    stdout carries the report, so swallow what is printed inside, on this thread only.
+
+    Safe across threads (batches attacked side by side): stdout is wrapped by the first thread in
+    and unwrapped by the last one out; other threads' output is never lost.
+    """
+    global _quiet_users, _quiet_real
+    with _QUIET_LOCK:
+        if _quiet_users == 0:
+            _quiet_real, sys.stdout = sys.stdout, _Muted(sys.stdout)
+        _quiet_users += 1
+    _MUTED.depth = getattr(_MUTED, "depth", 0) + 1
+    try:
         yield
+    finally:
+        _MUTED.depth -= 1
+        with _QUIET_LOCK:
+            _quiet_users -= 1
+            if _quiet_users == 0:
+                sys.stdout, _quiet_real = _quiet_real, None
 
 
 def seed_for(base: int, name: str, first_index: int | None = None) -> int:
@@ -90,15 +132,25 @@ class KeyedDraws(TorchFunctionMode):
     dimension is the call's batch is made row by row from a generator seeded by
     (seed, salt, dataset index, draw number): a sample gets the same start whether it
     is attacked alone, in a pruned sub-batch or in the whole batch, on any rank.
-    Other draws pass through to the (per-batch seeded) global generator.
+
+    Every other CPU draw comes from ``stream`` (a generator, or a seed for one; the batch's seed):
+    the same numbers the global generator seeded so would give, but the global generator
+    is never touched, so batches attacked on several threads at once draw exactly what they
+    draw one at a time (a mode is local to its thread). CUDA draws pass through.
     """
 
     _UNIFORM = {torch.Tensor.uniform_, torch.rand, torch.rand_like}
     _NORMAL = {torch.Tensor.normal_, torch.randn, torch.randn_like}
+    #: other random functions that take ``generator=``: routed to the mode's stream on the CPU
+    _STREAM = {torch.randint, torch.randint_like, torch.randperm, torch.bernoulli, torch.multinomial, torch.normal,
+               torch.poisson, torch.Tensor.random_, torch.Tensor.bernoulli_, torch.Tensor.exponential_,
+               torch.Tensor.cauchy_, torch.Tensor.log_normal_, torch.Tensor.geometric_}
 
-    def __init__(self, keys: list[int], seed: int, salt: int | str = 0) -> None:
+    def __init__(self, keys: list[int], seed: int, salt: int | str = 0,
+                 stream: int | torch.Generator | None = None) -> None:
         super().__init__()
         self.keys, self.seed, self.salt, self.draws = [int(k) for k in keys], int(seed), salt, 0
+        self.stream = torch.Generator().manual_seed(int(stream)) if isinstance(stream, int) else stream
 
     def _rows(self, shape: tuple[int, ...], normal: bool) -> torch.Tensor:
         self.draws += 1
@@ -138,7 +190,23 @@ class KeyedDraws(TorchFunctionMode):
                     with torch.no_grad():
                         return target.copy_(z)
                 return z.to(dtype=dtype, device=device)
+            return self._streamed(func, args, kwargs, device)
+        if func in self._STREAM:
+            return self._streamed(func, args, kwargs, _device_of(func, args, kwargs))
         return func(*args, **kwargs)
+
+    def _streamed(self, func, args, kwargs, device):
+        if self.stream is not None and kwargs.get("generator") is None and torch.device(device).type == "cpu":
+            kwargs = {**kwargs, "generator": self.stream}
+        return func(*args, **kwargs)
+
+
+def _device_of(func, args, kwargs) -> Any:
+    """Where a random function's result lives: its tensor argument's device, or its ``device=`` (CPU default)."""
+    for value in args:
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return kwargs.get("device") or "cpu"
 
 
 @dataclass(frozen=True)
