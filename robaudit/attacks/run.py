@@ -363,7 +363,7 @@ def attack_batch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, name:
                                 random_start=random_start)
         with seeded(params.seed, x.device):
             atk = build_attack(model, spec, params, x.device, [None])
-            with KeyedDraws(keys.tolist(), seed_for(seed, name)) if keys is not None else contextlib.nullcontext():
+            with KeyedDraws(keys.tolist() if keys is not None else [], seed_for(seed, name), stream=params.seed):
                 x_adv = call_attack(atk, x, y, name).detach()
         check = verify(model, x, y, x_adv, budget_of(spec, params))
     return x_adv, check
