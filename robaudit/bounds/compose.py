@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -210,7 +210,8 @@ class Composer:
                 scale = R.batchnorm_scale(self.model.get_submodule(user.target))
                 bn = (str(user.target), scale) if scale is not None else None
             jobs.append((key, module, in_shape, out_shape, bn))
-        if workers < 2 or len(jobs) < 2:
+        on_cpu = all(t.device.type == "cpu" for t in self.model.parameters())  # a GPU has its own parallelism
+        if workers < 2 or len(jobs) < 2 or not on_cpu:
             return
         # the dearest layers first (Fourier blocks × channels³), so no thread is left with a big one at the end
         jobs.sort(key=lambda j: -_cost(j[2], j[3]))
@@ -221,26 +222,41 @@ class Composer:
         torch.set_num_threads(1)  # read by each worker thread at its first op
         pool = ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="robaudit-bounds")
         try:
-            futures = {pool.submit(self._bound_job, *j[1:]): j[0] for j in jobs}
-            powers: list[Future] = []
-            for fut in as_completed(futures):
-                key = futures[fut]
-                try:
-                    bound = self._cache[key] = fut.result()
-                except RobauditError:
-                    raise
-                except Exception:  # noqa: BLE001  # the pass bounds it again and reports the failure there
-                    bound = None
-                group = power_of[key]
-                if group is None:
-                    continue
-                if bound is not None and bound.job is not None and bound.job.map.key == group:
-                    members.setdefault(group, []).append(bound)
-                left[group] -= 1
-                if left[group] == 0 and members.get(group):
-                    powers.append(pool.submit(R.run_power, members.pop(group), self.opts))
-            for fut in powers:
-                fut.result()  # a failure is raised here, as run_power would raise it after the pass
+            # at most one job per thread in flight, so a shape group's operator norms run as soon as it is ready,
+            # between the remaining layers, rather than queued behind all of them
+            pending, ready, inflight = list(jobs), [], {}
+
+            def refill() -> None:
+                while len(inflight) < workers and (ready or pending):
+                    if ready:
+                        inflight[pool.submit(R.run_power, ready.pop(0), self.opts)] = None
+                    else:
+                        job = pending.pop(0)
+                        inflight[pool.submit(self._bound_job, *job[1:])] = job[0]
+
+            refill()
+            while inflight:
+                finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    key = inflight.pop(fut)
+                    if key is None:  # operator norms: a failure is raised here, as run_power would raise it
+                        fut.result()
+                        continue
+                    try:
+                        bound = self._cache[key] = fut.result()
+                    except RobauditError:
+                        raise
+                    except Exception:  # noqa: BLE001  # the pass bounds it again and reports the failure there
+                        bound = None
+                    group = power_of[key]
+                    if group is None:
+                        continue
+                    if bound is not None and bound.job is not None and bound.job.map.key == group:
+                        members.setdefault(group, []).append(bound)
+                    left[group] -= 1
+                    if left[group] == 0 and members.get(group):
+                        ready.append(members.pop(group))
+                refill()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             torch.set_num_threads(threads)
