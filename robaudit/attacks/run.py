@@ -192,7 +192,7 @@ class KeyedDraws(TorchFunctionMode):
                 return z.to(dtype=dtype, device=device)
             return self._streamed(func, args, kwargs, device)
         if func in self._STREAM:
-            return self._streamed(func, args, kwargs, _device_of(func, args, kwargs))
+            return self._streamed(func, args, kwargs, _device_of(args, kwargs))
         return func(*args, **kwargs)
 
     def _streamed(self, func, args, kwargs, device):
@@ -201,7 +201,7 @@ class KeyedDraws(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _device_of(func, args, kwargs) -> Any:
+def _device_of(args, kwargs) -> Any:
     """Where a random function's result lives: its tensor argument's device, or its ``device=`` (CPU default)."""
     for value in args:
         if isinstance(value, torch.Tensor):

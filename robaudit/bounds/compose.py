@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from robaudit.bounds import onnx_ops, ops
 from robaudit.bounds import rules as R
-from robaudit.bounds.conv import fused_tightest, linear_norm, scaled_kernel
+from robaudit.bounds.conv import Circular, fused_tightest, linear_norm, scaled_kernel
+from robaudit.bounds.geometry import ConvGeometry
 from robaudit.bounds.trace import Recorder, arg_nodes, enclosing_module, has_tensor, record_shapes, trace
 from robaudit.errors import RobauditError, UnsupportedLayerError
 from robaudit.models.guard import preserved
@@ -189,6 +190,7 @@ class Composer:
         bounded in the pass as before.
         """
         jobs: list[tuple[tuple, nn.Module, tuple, tuple, tuple[str, torch.Tensor] | None]] = []
+        queued: set[tuple] = set()
         seen_calls: Counter[str] = Counter()
         for node in self.graph.nodes:
             if node.op != "call_module":
@@ -202,8 +204,9 @@ class Composer:
                 continue
             in_shape, out_shape = calls[k]
             key = (node.target, in_shape, out_shape)
-            if key in self._cache or any(j[0] == key for j in jobs):
+            if key in self._cache or key in queued:
                 continue
+            queued.add(key)
             bn = None
             if self._fusable_next(node):
                 user = next(iter(node.users))
@@ -265,10 +268,8 @@ class Composer:
                    bn: tuple[str, torch.Tensor] | None) -> R.LayerBound:
         bound = R.bound_module(module, in_shape, out_shape, self.opts, rules=self.rules, defer_power=True)
         if bn is not None and bound.linear is not None and bound.upper is not None:
-            w, geom = bound.linear
             name, scale = bn
-            bound.fused_with[name] = linear_norm(scaled_kernel(w, scale)) if geom is None \
-                else fused_tightest(w, scale, geom, bound.circular)
+            bound.fused_with[name] = _pair_bound(bound.linear, scale, bound.circular)
         bound.circular = None  # the Gram blocks are large, and the fused value is known now
         return bound
 
@@ -379,21 +380,23 @@ class Composer:
         scale = R.batchnorm_scale(module)
         if scale is None:
             return None
-        w, geom = record.bound.linear
         pair = record.bound.fused_with.get(str(node.target))  # bounded ahead by :meth:`prefetch`
         if pair is None:
             with R.threads_for(math.prod(record.input_shape) + math.prod(record.output_shape)):
-                # only what the composition needs: the exact circular (and strided) value of the fused kernel,
-                # from the conv's own Gram blocks where they allow it
-                if geom is None:
-                    pair = linear_norm(scaled_kernel(w, scale))
-                else:
-                    pair = fused_tightest(w, scale, geom, circ)
+                pair = _pair_bound(record.bound.linear, scale, circ)
         separate = record.bound.upper * float(scale.abs().max())
         pair = min(pair, separate)
         record.fused = {"with": self.layer_of[node].name, "upper": pair, "separate": separate}
         # the pair's input is the conv's input (after a folded pad): L(BN(conv(u))) ≤ pair · L(u)
         return pair * self.L[self.input_of[src]]
+
+
+def _pair_bound(linear: tuple[Tensor, ConvGeometry | None], scale: Tensor, circ: Circular | None) -> float:
+    """The bound of a conv/linear layer (``LayerBound.linear``: weight, geometry or None) with a BatchNorm's
+    ``scale`` folded in: only what the composition needs, the exact circular (and strided) value of the fused
+    kernel, from the conv's own Gram blocks (``circ``) where they allow it."""
+    w, geom = linear
+    return linear_norm(scaled_kernel(w, scale)) if geom is None else fused_tightest(w, scale, geom, circ)
 
 
 def _cost(in_shape: tuple, out_shape: tuple) -> float:

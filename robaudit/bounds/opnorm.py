@@ -68,7 +68,13 @@ class ConvMap:
 
     @property
     def key(self) -> tuple:
-        return ("conv", tuple(self.weight.shape), self.geom, self.in_shape, self.weight.dtype, self.weight.device)
+        return self.key_for(self.weight.shape, self.geom, self.in_shape, self.weight.dtype, self.weight.device)
+
+    @staticmethod
+    def key_for(shape: Sequence[int], geom: ConvGeometry, in_shape: Sequence[int], dtype: torch.dtype,
+                device: torch.device) -> tuple:
+        """The :attr:`key` of a map with a kernel of this shape, dtype and device, before the kernel exists."""
+        return ("conv", tuple(shape), geom, tuple(int(s) for s in in_shape), dtype, device)
 
     def _fns(self) -> tuple:
         d = self.weight.dim() - 2
@@ -132,7 +138,12 @@ class LinearMap:
 
     @property
     def key(self) -> tuple:
-        return ("linear", tuple(self.weight.shape), self.weight.dtype, self.weight.device)
+        return self.key_for(self.weight.shape, self.weight.dtype, self.weight.device)
+
+    @staticmethod
+    def key_for(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> tuple:
+        """The :attr:`key` of a map with a matrix of this shape, dtype and device, before the matrix exists."""
+        return ("linear", tuple(shape), dtype, device)
 
     def stack(self, maps: Sequence["LinearMap"]) -> tuple[Tensor, int]:
         return torch.stack([m.weight for m in maps]), len(maps)

@@ -221,10 +221,9 @@ def power_key(module: nn.Module, in_shape: Sequence[int], opts: RuleOptions) -> 
     if not isinstance(weight, torch.Tensor) or opts.iters <= 0:
         return None
     if rule is _conv:
-        return ("conv", tuple(weight.shape), ConvGeometry.of(module, in_shape), tuple(int(s) for s in in_shape),
-                opts.dtype, weight.device)
+        return ConvMap.key_for(weight.shape, ConvGeometry.of(module, in_shape), in_shape, opts.dtype, weight.device)
     if rule is _linear:
-        return ("linear", tuple(weight.shape), opts.dtype, weight.device)
+        return LinearMap.key_for(weight.shape, opts.dtype, weight.device)
     return None
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robaudit.errors import UsageError
+from robaudit.hollow import hollow
 
 
 class LeNet(nn.Module):
@@ -213,8 +214,6 @@ def _torchvision_builder(name: str) -> Callable[..., nn.Module] | None:
             registered = found["name"].strip("\"'") if found["name"] else found["fn"]
             if registered != name or "@register_model" in found["between"]:
                 continue
-            from robaudit.hollow import hollow
-
             module_name = f"torchvision.models.{file.stem}"
             hollow("torchvision.models")
             __import__(module_name)  # a first import of torchvision: held from Ctrl-C like every other one
@@ -244,7 +243,7 @@ def resolve(spec: str, *, allow_import: bool = True, flag: str = "--arch") -> Ar
             raise UsageError(f"{flag} {shown!r} names code to import, which is only allowed from the command line; "
                              f"if you trust it, pass it there: --arch {shown}")
         return Arch(spec, "import", _import_factory(spec, flag))
-    builder = _torchvision_builder(spec) if "torchvision" not in sys.modules else None
+    builder = _torchvision_builder(spec)  # works whether torchvision is hollow, whole or not imported yet
     if builder is not None:
         # weights=None: build the architecture only, never download anything.
         return Arch(spec, "torchvision", lambda **kw: builder(weights=None, **kw))
