@@ -241,7 +241,7 @@ class Pruning(str, enum.Enum):
     CASCADE: skip misclassified samples, samples the same attack broke at a smaller
     eps, and samples an earlier attack of the battery broke (AutoAttack's rule).
     PER_ATTACK: only the first two (each attack's own numbers stay exact).
-    EXHAUSTIVE: attack every sample at every eps.
+    EXHAUSTIVE: attack every correctly classified sample at every eps.
     """
 
     CASCADE = "cascade"

@@ -324,6 +324,71 @@ def test_fused_bound_from_the_unfused_blocks_equals_the_direct_one(cin, cout, k,
     assert dense_sigma(fused, shape) <= reused * (1 + 1e-12)
 
 
+
+@pytest.mark.parametrize("cin,cout,k,stride,pad,size", [
+    (4, 8, 3, 2, 1, (12, 12)),    # input side: the circular tournament would need a new autocorrelation
+    (8, 8, 3, 2, 1, (11, 11)),    # output side, odd size: the polyphase canvas is larger than n + 2p
+    (3, 8, 7, 2, 3, (16, 16)),    # a stem: 7×7, stride 2
+    (8, 16, 1, 2, 0, (10, 10)),   # 1×1 downsampling
+])
+@pytest.mark.parametrize("spread", [0.01, 0.05, 3.0])  # equal gains: the next test
+def test_fused_strided_layer_skips_the_circular_tournament_only_when_it_cannot_matter(
+        cin, cout, k, stride, pad, size, spread, monkeypatch):
+    """A strided conv→BN pair: fused_tightest is still circular(S·w).tightest (the direct, full computation),
+    whether or not the fused circular tournament is skipped; with narrow BatchNorm gains (trained or fresh
+    networks) it is skipped, since min|s|·(unfused circular) already exceeds the fused strided value."""
+    gen = torch.Generator().manual_seed(cin * 100 + cout + k)
+    module = nn.Conv2d(cin, cout, k, stride=stride, padding=pad, bias=False).double()
+    with torch.no_grad():
+        module.weight.copy_(torch.randn(module.weight.shape, generator=gen, dtype=torch.float64))
+    scale = 1.0 + spread * torch.randn(cout, generator=gen, dtype=torch.float64)
+    geom = ConvGeometry.of(module, (cin, *size))
+    w = module.weight.detach()
+    circ = conv.circular(w, geom)
+    direct = conv.circular(w * scale.reshape(-1, 1, 1, 1), geom).tightest
+    calls = []
+    real = conv.block_max_eig
+    monkeypatch.setattr(conv, "block_max_eig", lambda h, **kw: calls.append(h.shape) or real(h, **kw))
+    monkeypatch.setattr(conv, "gram_blocks", lambda *a, **kw: calls.append("autocorrelation") or
+                        fourier.gram_blocks(*a, **kw))
+    reused = conv.fused_tightest(w, scale, geom, circ)
+    assert reused == pytest.approx(direct, rel=1e-12)
+    skipped = calls == [circ.strided.blocks.shape]  # the polyphase blocks' tournament only
+    below = circ.strided.upper < float(scale.abs().min()) * circ.exact
+    if spread <= 0.05 and k > 1:  # a 1×1 kernel's strided value is its circular value: never below
+        assert below and skipped, calls
+    if not below:
+        assert not skipped, "the tournament is skipped only when it cannot change the minimum"
+
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cin,cout,stride", [(6, 6, 1), (4, 8, 1), (4, 8, 2)])
+def test_fused_bound_with_equal_gains_is_the_gain_times_the_unfused_bound(cin, cout, stride, dtype, monkeypatch):
+    """Gains equal to within the certification gap (a fresh BatchNorm: 1/√(1+eps) on every channel): no
+    tournament runs, and the value is the direct fused computation's to within that gap; gains that differ by
+    more run it."""
+    gen = torch.Generator().manual_seed(cin + cout + stride)
+    module = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False).to(dtype)
+    with torch.no_grad():
+        module.weight.copy_(torch.randn(module.weight.shape, generator=gen, dtype=dtype))
+    geom = ConvGeometry.of(module, (cin, 10, 10))
+    w = module.weight.detach()
+    circ = conv.circular(w, geom)
+    gap = fourier.certification_gap(dtype)
+    calls = []
+    real = conv.block_max_eig
+    monkeypatch.setattr(conv, "block_max_eig", lambda h, **kw: calls.append(h.shape) or real(h, **kw))
+    fresh = torch.full((cout,), 1 / math.sqrt(1 + 1e-5), dtype=dtype) * (1 + 0.4 * gap * torch.rand(cout, generator=gen, dtype=dtype))
+    value = conv.fused_tightest(w, fresh, geom, circ)
+    assert not calls
+    direct = conv.circular(w * fresh.reshape(-1, 1, 1, 1), geom).tightest
+    assert direct <= value <= direct * (1 + 3 * gap)
+    apart = fresh * (1 + 10 * gap * torch.linspace(0, 1, cout, dtype=dtype))
+    conv.fused_tightest(w, apart, geom, circ)
+    assert calls
+
+
 def test_scale_blocks_is_the_gram_of_the_scaled_kernel():
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(6, 3, 3, 3, generator=gen, dtype=torch.float64)  # groups 2: 3 out × 3 in per group

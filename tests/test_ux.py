@@ -345,6 +345,14 @@ def test_help_names_types_people_know():
         assert metavar in proc.stdout
 
 
+def test_shell_completion_answers_in_a_fresh_process():
+    """What the shell runs on <TAB>: a new process, in which no other command has registered the commands."""
+    proc = subprocess.run([sys.executable, "-m", "robaudit"], capture_output=True, text=True, timeout=300,
+                          env=_env(_ROBAUDIT_COMPLETE="complete_bash", COMP_WORDS="robaudit nor", COMP_CWORD="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["norms"]
+
+
 def test_shell_completion_answers(monkeypatch, capsys):
     monkeypatch.setenv("_ROBAUDIT_COMPLETE", "complete_bash")
     monkeypatch.setenv("COMP_WORDS", "robaudit nor")
@@ -352,6 +360,9 @@ def test_shell_completion_answers(monkeypatch, capsys):
     assert cli() == 0
     assert capsys.readouterr().out.split() == ["norms"]
     monkeypatch.delenv("_ROBAUDIT_COMPLETE")
+    # Typer takes the shell from this argument only with detection off; otherwise it asks shellingham, which
+    # finds no shell when the tests run under a wrapper such as timeout(1)
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     assert cli("--show-completion", "bash") == 0
     assert "_robaudit_completion" in capsys.readouterr().out
 

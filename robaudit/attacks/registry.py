@@ -16,6 +16,8 @@ torchattacks) and Hoffman et al. 2019, Sec. 3.2 / App. F (FGSM, PGD, CW).
 
 from __future__ import annotations
 
+import types
+
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Callable, Mapping
@@ -186,8 +188,34 @@ def _apgdt(model, p: AttackParams):
 
 def _fab(model, p: AttackParams):
     # float64 is refused when the plan is made (FAB casts to float32 inside torchattacks).
-    return attack_class("FAB")(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, steps=p.steps, n_restarts=p.restarts,
-                     seed=p.seed, verbose=False, multi_targeted=p.targeted, n_classes=p.n_classes)
+    atk = attack_class("FAB")(model, norm=TORCHATTACKS_NORM[p.norm], eps=p.eps, steps=p.steps, n_restarts=p.restarts,
+                              seed=p.seed, verbose=False, multi_targeted=p.targeted, n_classes=p.n_classes)
+    atk.get_diff_logits_grads_batch = types.MethodType(_fab_class_gradients, atk)
+    return atk
+
+
+def _fab_class_gradients(atk, imgs: "torch.Tensor", la: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """What untargeted FAB linearises at each step: the logit differences f_c − f_label and their input gradients.
+
+    torchattacks gets the gradient of logit c as ``y.backward(mask)`` with a one-hot column mask; a
+    ``backward`` given a gradient tensor imports torch's symbolic-shape machinery (sympy, 0.4 s) to compare
+    shapes. The gradient of ``y[:, c].sum()`` is the same vector-Jacobian product with a one-hot cotangent
+    (the same numbers, tested), and a scalar output takes no gradient tensor.
+    """
+    import torch
+
+    im = imgs.clone().requires_grad_()
+    with torch.enable_grad():
+        logits = atk.get_logits(im)
+        classes = logits.shape[1]
+        grads = [torch.autograd.grad(logits[:, c].sum(), im, retain_graph=c + 1 < classes)[0] for c in range(classes)]
+    rows = torch.arange(imgs.shape[0], device=imgs.device)
+    values = logits.detach()
+    jac = torch.stack(grads, dim=1)  # (B, classes, *input)
+    df = values - values[rows, la].unsqueeze(1)
+    dg = jac - jac[rows, la].unsqueeze(1)
+    df[rows, la] = 1e10  # the label's own "difference" is never the closest boundary
+    return df, dg
 
 
 def _autoattack(model, p: AttackParams):

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from robaudit.bounds.fourier import (BlockMax, Strided, block_max_eig, certified_sigma, gram_blocks, output_side,
+from robaudit.bounds.fourier import (BlockMax, Strided, block_max_eig, certification_gap, certified_sigma, gram_blocks,
+                                     output_side,
                                      rounding_margin, scale_blocks, strided_circular, top_right_vector, unphase)
 from robaudit.bounds.geometry import ConvGeometry
 from robaudit.bounds.gram import gram_iteration
@@ -61,8 +62,9 @@ class Circular:
         return tightest(self.upper, self.strided.upper if self.strided else None)
 
 
-def circular(weight: Tensor, geom: ConvGeometry) -> Circular:
-    """Circular and strided-circular bounds of ``weight`` (c_out, c_in/g, *k) on ``geom``."""
+def circular(weight: Tensor, geom: ConvGeometry, *, with_strided: bool = True) -> Circular:
+    """Circular and strided-circular bounds of ``weight`` (c_out, c_in/g, *k) on ``geom``
+    (the strided one only ``with_strided``)."""
     ksize = tuple(weight.shape[2:])
     fft_size = geom.fft_size()
     factor, is_exact = geom.pad_factor(ksize)
@@ -72,7 +74,7 @@ def circular(weight: Tensor, geom: ConvGeometry) -> Circular:
     return Circular(exact=math.sqrt(max(top.value, 0.0)) * factor,
                     upper=certified_sigma(top, factor, weight.dtype, inner),
                     is_exact=is_exact, pad_factor=factor, fft_size=fft_size, blocks=h, top=top,
-                    strided=strided_circular(weight, geom))
+                    strided=strided_circular(weight, geom) if with_strided else None)
 
 
 def scaled_kernel(weight: Tensor, scale: Tensor) -> Tensor:
@@ -88,14 +90,25 @@ def fused_tightest(weight: Tensor, scale: Tensor, geom: ConvGeometry, circ: Circ
     with c_out ≤ c_in, and the polyphase kernel of nearly every strided one), so only the certified
     block maximum is computed again. The rounding slack is the unfused one plus 4 eps for the two
     products per entry (‖E‖₂ ≤ ‖E‖_F ≤ 2·eps·‖H'‖_F ≤ 2·eps·√m·λ_max, inside the slack for m ≤ n).
+
+    A strided layer's fused strided value is computed first. The fused circular value is at least
+    min|s| times the unfused one (S² ⪰ min s²·I, on either side of the Gram blocks: λ_max(S·H·S) and
+    λ_max(Gᴴ·S²·G) are both ≥ min s²·λ_max(H)), so when the strided value is below that, the circular
+    tournament cannot change the minimum and is not run: the result is the same number.
+
+    Gains equal to within the tournament's own certification gap (a freshly initialised BatchNorm, or
+    one with a single gain) give max|s| times the unfused value: S = s·I up to that gap, and no tournament
+    could certify a smaller number.
     """
     g = geom.groups
     co, cig = weight.shape[0] // g, weight.shape[1]
-    if circ is None or not output_side(co, cig):
+    if circ is None:
         return circular(scaled_kernel(weight, scale), geom).tightest
+    mag = scale.abs()
+    lo, hi = float(mag.min()), float(mag.max())
+    if hi <= lo * (1.0 + certification_gap(weight.dtype)):
+        return hi * circ.tightest
     extra = 4 * torch.finfo(weight.dtype).eps
-    top = block_max_eig(scale_blocks(circ.blocks, scale, g))
-    upper = certified_sigma(top, circ.pad_factor, weight.dtype, max(co, cig) * math.prod(weight.shape[2:]), extra)
     strided: float | None = None
     if circ.strided is not None:
         st = circ.strided
@@ -107,6 +120,14 @@ def fused_tightest(weight: Tensor, scale: Tensor, geom: ConvGeometry, circ: Circ
         else:
             fused = strided_circular(scaled_kernel(weight, scale), geom)
             strided = fused.upper if fused is not None else None
+        if strided is not None and strided <= float(scale.abs().min()) * circ.exact:
+            return strided
+    if output_side(co, cig):
+        top = block_max_eig(scale_blocks(circ.blocks, scale, g))
+        upper = certified_sigma(top, circ.pad_factor, weight.dtype, max(co, cig) * math.prod(weight.shape[2:]),
+                                extra)
+    else:  # input-side blocks Gᴴ·S²·G: a new autocorrelation of the scaled kernel
+        upper = circular(scaled_kernel(weight, scale), geom, with_strided=False).upper
     return tightest(upper, strided)
 
 

@@ -38,6 +38,11 @@ def certified_sigma(top: "BlockMax", factor: float, dtype: torch.dtype, inner: i
     return math.sqrt(max(top.certified_upper, 0.0)) * factor * (1.0 + rounding_margin(dtype, inner) + extra)
 
 
+def certification_gap(dtype: torch.dtype) -> float:
+    """The relative slack :func:`block_max_eig` certifies with by default: 1e-9 in float64, 1e-6 otherwise."""
+    return 1e-9 if dtype == torch.float64 else 1e-6
+
+
 def _frequencies(fft_size: Sequence[int]) -> Tensor:
     """(F, d) frequencies in cycles per sample, rfft layout: full range on all dims but the last, half on it."""
     axes = [torch.arange(m, dtype=torch.float64) / m for m in fft_size[:-1]]
@@ -194,7 +199,7 @@ def block_max_eig(h: Tensor, *, rel_gap: float | None = None, first: int | None 
     b, m, _ = h.shape
     real_dtype = h.real.dtype
     if rel_gap is None:
-        rel_gap = 1e-9 if real_dtype == torch.float64 else 1e-6
+        rel_gap = certification_gap(real_dtype)
     if m == 1:
         flat = h.real.reshape(-1)
         j = int(flat.argmax())
@@ -387,5 +392,5 @@ def unphase(x: Tensor, stride: Sequence[int]) -> Tensor:
     return y.reshape(c, canvas[0] * stride[0], canvas[1] * stride[1])
 
 
-__all__ = ["rounding_margin", "certified_sigma", "output_side", "scale_blocks", "gram_blocks", "fourier_blocks", "BlockMax", "block_max_eig", "circular_norm",
+__all__ = ["rounding_margin", "certification_gap", "certified_sigma", "output_side", "scale_blocks", "gram_blocks", "fourier_blocks", "BlockMax", "block_max_eig", "circular_norm",
            "polyphase_kernel", "Strided", "strided_circular", "top_right_vector", "unphase"]

@@ -6,7 +6,9 @@ Exit codes: 0 ok · 1 gate threshold violated · 2 usage/config error ·
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -103,7 +105,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         with guarded_imports():  # Ctrl-C is held back while torch & co. initialise (see the module)
             code = run(argv)
-    except KeyboardInterrupt:  # a second Ctrl-C while the first is being reported
+        # The run is over and its output written: a Ctrl-C from here on would only race the interpreter's
+        # shutdown, which restores SIGINT's default action (death by signal, exit -2, no message) unless
+        # the signal is ignored; an ignored signal is left ignored.
+        with contextlib.suppress(ValueError):  # (only the main thread may set handlers)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first is being reported, or one just at the end
         code = 130
     if code == 130:
         _exit_interrupted()
@@ -164,6 +171,7 @@ def _completion_requested(argv: Sequence[str]) -> bool:
 def _complete(argv: Sequence[str]) -> int:
     """Let click answer the completion request; it ends with sys.exit, which here is expected."""
     try:
+        _register()  # the commands are the candidates (in a fresh process nothing else has added them)
         app(args=list(argv), prog_name="robaudit")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0

@@ -85,8 +85,9 @@ class TopSingular:
 
 def _orthogonalise(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """w minus its projection on the rows of ``basis`` (B, j, n), applied twice."""
-    for _ in range(2):
-        w = w - torch.einsum("bjn,bj->bn", basis, torch.einsum("bjn,bn->bj", basis, w))
+    for _ in range(2):  # bmm, not einsum: einsum copies the basis into another layout on every call
+        coef = torch.bmm(basis, w.unsqueeze(-1))  # (B, j, 1)
+        w = w - torch.bmm(coef.transpose(1, 2), basis).squeeze(1)
     return w
 
 
@@ -162,7 +163,8 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], init: torch.Tensor, 
 
     values = torch.full((b, k), float("nan"), dtype=dtype, device=device)
     residual = torch.full((b, k), float("inf"), dtype=dtype, device=device)
-    vectors = torch.zeros(b, k, n, dtype=dtype, device=device) if return_vectors else None
+    # Ritz coefficients (B, m, k) of each sample at its last update; the vectors are formed once, at the end
+    coeffs = torch.zeros(b, m, k, dtype=dtype, device=device) if return_vectors else None
     iterations = torch.zeros(b, dtype=torch.long, device=device)
     converged = torch.zeros(b, dtype=torch.bool, device=device)
     finite = torch.ones(b, dtype=torch.bool, device=device)
@@ -208,9 +210,9 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], init: torch.Tensor, 
         upd = ~converged & finite
         values = torch.where(upd[:, None], _pad(top, k, float("nan")), values)
         residual = torch.where(upd[:, None], _pad(res, k, float("inf")), residual)
-        if vectors is not None:
-            ritz = torch.einsum("bjn,bji->bin", basis.view(), s_top)
-            vectors = torch.where(upd[:, None, None], _pad(ritz, k, 0.0), vectors)
+        if coeffs is not None:
+            full = torch.nn.functional.pad(s_top, (0, k - kk, 0, m - size))  # (B, m, k), zeros elsewhere
+            coeffs = torch.where(upd[:, None, None], full, coeffs)
         iterations = torch.where(upd, torch.full_like(iterations, size), iterations)
         converged = converged | done_now
         if callback is not None:
@@ -228,6 +230,10 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], init: torch.Tensor, 
             fresh = fresh / fresh.norm(dim=1, keepdim=True).clamp_min(tiny)
             q = torch.where(broke[:, None], fresh, q)
 
+    vectors = None
+    if coeffs is not None:
+        rows = basis.view()
+        vectors = torch.bmm(coeffs[:, : rows.shape[1]].transpose(1, 2), rows)  # (B, k, n)
     values = torch.where(finite[:, None], values, torch.full_like(values, float("nan")))
     mag = values.detach().abs()
     error_bound = torch.where(mag > 0, residual / mag.clamp_min(tiny),

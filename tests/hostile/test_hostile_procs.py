@@ -228,3 +228,18 @@ def test_reader_never_sees_half_a_report(tmp_path: Path) -> None:
         json.loads(out.read_text())
         reads += 1
     assert writer.returncode == 0 and reads > 0, writer.stderr.read() if writer.stderr else ""
+
+
+def test_sigint_after_the_run_is_over_is_ignored(tmp_path: Path) -> None:
+    """A Ctrl-C that arrives once the work is done (while the interpreter shuts down) changes nothing: the
+    run's own exit code, no traceback. Before, it raced the shutdown: a traceback from an exit handler, or
+    death by SIGINT (exit -2, no message) once the interpreter had restored the default action."""
+    code = ("import os, signal, atexit, time\n"
+            "from robaudit.cli import app\n"
+            "app.run = lambda argv: 0  # the run itself is not the point: what follows it is\n"
+            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
+            "app.main(['info'])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr and "KeyboardInterrupt" not in out.stderr, out.stderr
