@@ -243,3 +243,28 @@ def test_sigint_after_the_run_is_over_is_ignored(tmp_path: Path) -> None:
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr and "KeyboardInterrupt" not in out.stderr, out.stderr
+
+
+def test_the_quick_exit_keeps_output_exit_handlers_and_profilers(tmp_path: Path) -> None:
+    """After a run, robaudit skips the interpreter's teardown (half a second with torch loaded) but not what a
+    user could see: stdout is complete, exit handlers run, and under a profiler the exit is the normal one, so
+    the profile is written."""
+    marker = tmp_path / "atexit.txt"
+    code = ("import atexit, sys\n"
+            f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
+            "import torch\n"
+            "from robaudit.cli import app\n"
+            "app.main(['info', '--list-arch'])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert marker.read_text() == "ran"
+    full = subprocess.run(ROBAUDIT + ["info", "--list-arch"], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=300)
+    assert full.stdout == out.stdout and len(full.stdout) > 200
+    prof = tmp_path / "run.prof"
+    profiled = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "robaudit", "norms", "--limit",
+                               "2", "-q", "-o", str(tmp_path / "r.json")], cwd=tmp_path, env=_env(tmp_path),
+                              capture_output=True, text=True, timeout=300)
+    assert profiled.returncode == 0, profiled.stderr
+    assert prof.stat().st_size > 0 and (tmp_path / "r.json").stat().st_size > 0
