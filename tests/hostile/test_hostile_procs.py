@@ -230,6 +230,11 @@ def test_reader_never_sees_half_a_report(tmp_path: Path) -> None:
     assert writer.returncode == 0 and reads > 0, writer.stderr.read() if writer.stderr else ""
 
 
+def _python(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=300)
+
+
 def test_sigint_after_the_run_is_over_is_ignored(tmp_path: Path) -> None:
     """A Ctrl-C that arrives once the work is done (while the interpreter shuts down) changes nothing: the
     run's own exit code, no traceback. Before, it raced the shutdown: a traceback from an exit handler, or
@@ -239,8 +244,7 @@ def test_sigint_after_the_run_is_over_is_ignored(tmp_path: Path) -> None:
             "app.run = lambda argv: 0  # the run itself is not the point: what follows it is\n"
             "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
             "app.main(['info'])\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
-                         text=True, timeout=120)
+    out = _python(code, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr and "KeyboardInterrupt" not in out.stderr, out.stderr
 
@@ -255,8 +259,7 @@ def test_the_quick_exit_keeps_output_exit_handlers_and_profilers(tmp_path: Path)
             "import torch\n"
             "from robaudit.cli import app\n"
             "app.main(['info', '--list-arch'])\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
-                         text=True, timeout=300)
+    out = _python(code, tmp_path)
     assert out.returncode == 0, out.stderr
     assert marker.read_text() == "ran"
     full = subprocess.run(ROBAUDIT + ["info", "--list-arch"], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
