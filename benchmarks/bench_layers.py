@@ -16,8 +16,10 @@ operator_norm ≤ 1.5× plain power, and at least as accurate; with --command: t
 
 --command also profiles the command phase by phase (import, model load, trace, the per-layer pool, per-layer methods
 left to the main thread, BN-fused pass, composition, report) with cProfile (which sees the main thread only: the
-pool's work is its wall time), on resnet18 and on the sample model, and times `import onnx2torch` in a fresh
-process (the cost `layers` no longer pays for PyTorch models).
+pool's work is its wall time), on resnet18, on resnet18 with BatchNorm gains spread as in a trained network (a
+fresh BatchNorm has equal gains, for which the fused conv+BN value needs no tournament; reported, not a target),
+and on the sample model, and times `import onnx2torch` in a fresh process (the cost `layers` no longer pays for
+PyTorch models).
 
 Usage: python benchmarks/bench_layers.py [--repeat N] [--threads T] [--dtype float32|float64] [--command]
 
