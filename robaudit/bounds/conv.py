@@ -93,7 +93,8 @@ def fused_tightest(weight: Tensor, scale: Tensor, geom: ConvGeometry, circ: Circ
 
     A strided layer's fused strided value is computed first. The fused circular value is at least
     min|s| times the unfused one (S² ⪰ min s²·I, on either side of the Gram blocks: λ_max(S·H·S) and
-    λ_max(Gᴴ·S²·G) are both ≥ min s²·λ_max(H)), so when the strided value is below that, the circular
+    λ_max(Gᴴ·S²·G) are both ≥ min s²·λ_max(H)), and at least the top eigenvalue of any one fused block
+    (the one at the unfused maximum is taken). When the strided value is below either, the circular
     tournament cannot change the minimum and is not run: the result is the same number.
 
     Gains equal to within the tournament's own certification gap (a freshly initialised BatchNorm, or
@@ -123,11 +124,18 @@ def fused_tightest(weight: Tensor, scale: Tensor, geom: ConvGeometry, circ: Circ
         if strided is not None and strided <= float(scale.abs().min()) * circ.exact:
             return strided
     if output_side(co, cig):
-        top = block_max_eig(scale_blocks(circ.blocks, scale, g))
-        upper = certified_sigma(top, circ.pad_factor, weight.dtype, max(co, cig) * math.prod(weight.shape[2:]),
-                                extra)
-    else:  # input-side blocks Gᴴ·S²·G: a new autocorrelation of the scaled kernel
-        upper = circular(scaled_kernel(weight, scale), geom, with_strided=False).upper
+        blocks = scale_blocks(circ.blocks, scale, g)
+    else:  # input-side blocks Gᴴ·S²·G: a new autocorrelation of the scaled kernel, as circular() computes it
+        blocks = gram_blocks(scaled_kernel(weight, scale), circ.fft_size, geom.dilation, g)
+        extra = 0.0
+    if strided is not None:
+        # any one block's top eigenvalue bounds the fused circular value from below; at the block of the conv's
+        # own maximum it is usually close to it, and above the strided value the tournament cannot matter
+        one = float(torch.linalg.eigvalsh(blocks[circ.top.index])[-1])
+        if strided <= math.sqrt(max(one, 0.0)) * circ.pad_factor:
+            return strided
+    top = block_max_eig(blocks)
+    upper = certified_sigma(top, circ.pad_factor, weight.dtype, max(co, cig) * math.prod(weight.shape[2:]), extra)
     return tightest(upper, strided)
 
 
