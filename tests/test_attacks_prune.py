@@ -80,9 +80,11 @@ def test_pruned_robust_accuracy_is_the_exhaustive_or_lower(modes):
         for label, acc in ex["worst_case"].items():
             assert section["worst_case"][label] <= acc, (section["prune"], label)
     # APGD drops misclassified samples inside the call: the exhaustive run must not hand it any, or its starts
-    # come from the batch's stream and differ from the pruned runs' (the worst case at 1,000 samples moved by 3)
+    # come from the batch's stream and differ from the pruned runs' (the worst case at 1,000 samples moved by 3).
+    # Equal here; the contract is "never above" (TPGD's near-zero gradients may round differently in another
+    # batch on other hardware, see the sub-batch test below)
     for label, acc in ex["worst_case"].items():
-        assert casc["worst_case"][label] == acc == per["worst_case"][label], label
+        assert casc["worst_case"][label] <= acc and per["worst_case"][label] <= acc, label
     for attack in ("fgsm", "pgd", "tpgd", "apgd"):
         for label, r in rows_of(ex, attack).items():
             assert rows_of(per, attack)[label]["robust_accuracy"] <= r["robust_accuracy"], (attack, label)
