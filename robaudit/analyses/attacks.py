@@ -68,7 +68,8 @@ class Options:
     prune: Pruning = opt(Pruning.PER_ATTACK, "Samples the battery skips: per-attack (misclassified ones and "
                          "those the same attack broke at a smaller eps: each row is its attack's own robust "
                          "accuracy, exactly), cascade (also those an earlier attack broke, as AutoAttack does: "
-                         "fastest, and each row then counts the attacks before it), exhaustive (none; slowest).")
+                         "fastest, and each row then counts the attacks before it), exhaustive (only the "
+                         "misclassified ones: every correct sample at every eps; slowest).")
 
 
 @dataclass(frozen=True)
