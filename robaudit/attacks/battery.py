@@ -228,10 +228,9 @@ def _minimal(model, planned: PlannedAttack, plan: AttackPlan, index, x, y, targe
     """One run of a minimal-distance attack (FAB capped at the largest eps) on the correctly classified
     samples, read off at every eps."""
     spec = planned.spec
-    todo = correct
     cap = plan.eps[-1].value if plan.eps else None
     start = time.perf_counter()
-    mis, succ, linf, l2, viol = _run_on(model, planned, plan, cap, index, x, y, target, todo, *seeds, spec.name)
+    mis, succ, linf, l2, viol = _run_on(model, planned, plan, cap, index, x, y, target, correct, *seeds, spec.name)
     seconds = time.perf_counter() - start
     dist = linf if plan.norm.value == "linf" else l2
     out.distance[spec.name] = torch.where(mis, dist, torch.full_like(dist, float("nan")))
@@ -240,7 +239,7 @@ def _minimal(model, planned: PlannedAttack, plan: AttackPlan, index, x, y, targe
         within = dist <= e.value + NORM_ATOL
         ok = succ & within
         out.found[key(spec.name, e.label)] = Found(
-            attacked=todo.clone(), fooled=mis & within, success=ok,
+            attacked=correct.clone(), fooled=mis & within, success=ok,
             dist_linf=torch.where(ok, linf, torch.full_like(linf, float("nan"))),
             dist_l2=torch.where(ok, l2, torch.full_like(l2, float("nan"))), violations=viol, seconds=seconds)
 

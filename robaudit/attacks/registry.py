@@ -17,7 +17,6 @@ torchattacks) and Hoffman et al. 2019, Sec. 3.2 / App. F (FGSM, PGD, CW).
 from __future__ import annotations
 
 import types
-
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Callable, Mapping
@@ -199,16 +198,22 @@ def _fab_class_gradients(atk, imgs: "torch.Tensor", la: "torch.Tensor") -> tuple
 
     torchattacks gets the gradient of logit c as ``y.backward(mask)`` with a one-hot column mask; a
     ``backward`` given a gradient tensor imports torch's symbolic-shape machinery (sympy, 0.4 s) to compare
-    shapes. The gradient of ``y[:, c].sum()`` is the same vector-Jacobian product with a one-hot cotangent
-    (the same numbers, tested), and a scalar output takes no gradient tensor.
+    shapes. :func:`robaudit.linalg.products.pullback` takes the same vector-Jacobian product with the same
+    constant mask without it (the same numbers, tested).
     """
     import torch
+
+    from robaudit.linalg.products import pullback
 
     im = imgs.clone().requires_grad_()
     with torch.enable_grad():
         logits = atk.get_logits(im)
         classes = logits.shape[1]
-        grads = [torch.autograd.grad(logits[:, c].sum(), im, retain_graph=c + 1 < classes)[0] for c in range(classes)]
+        grads = []
+        for c in range(classes):
+            mask = torch.zeros_like(logits)
+            mask[:, c] = 1.0
+            grads.append(pullback(logits, im, mask, retain_graph=c + 1 < classes)[0])
     rows = torch.arange(imgs.shape[0], device=imgs.device)
     values = logits.detach()
     jac = torch.stack(grads, dim=1)  # (B, classes, *input)

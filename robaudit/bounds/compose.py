@@ -224,7 +224,7 @@ class Composer:
         for j in jobs:
             if power_of[j[0]] is not None:
                 group_cost[power_of[j[0]]] += _power_cost(j[1], j[3])
-        jobs.sort(key=lambda j: -(_cost(j[2], j[3]) + (group_cost[power_of[j[0]]] if power_of[j[0]] else 0.0)))
+        jobs.sort(key=lambda j: -(_cost(j[2], j[3]) + group_cost[power_of[j[0]]]))  # (no group: 0)
         left = Counter(k for k in power_of.values() if k is not None)
         members: dict[tuple, list[R.LayerBound]] = {}
         threads = torch.get_num_threads()

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from robaudit.bounds.fourier import (BlockMax, Strided, block_max_eig, certification_gap, certified_sigma, gram_blocks,
-                                     output_side,
-                                     rounding_margin, scale_blocks, strided_circular, top_right_vector, unphase)
+                                     output_side, rounding_margin, scale_blocks, strided_circular, top_right_vector,
+                                     unphase)
 from robaudit.bounds.geometry import ConvGeometry
 from robaudit.bounds.gram import gram_iteration
 from robaudit.bounds.opnorm import ConvMap, NormEstimate, crop_to_input, operator_norms
@@ -121,7 +121,7 @@ def fused_tightest(weight: Tensor, scale: Tensor, geom: ConvGeometry, circ: Circ
         else:
             fused = strided_circular(scaled_kernel(weight, scale), geom)
             strided = fused.upper if fused is not None else None
-        if strided is not None and strided <= float(scale.abs().min()) * circ.exact:
+        if strided is not None and strided <= lo * circ.exact:
             return strided
     if output_side(co, cig):
         blocks = scale_blocks(circ.blocks, scale, g)

@@ -133,12 +133,16 @@ def _exit_now(code: int) -> None:
     try:
         atexit._run_exitfuncs()
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # a closed pipe: nothing more to say
-                pass
+        _flush_streams()
         os._exit(code)
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe: nothing more to say
+            pass
 
 
 def _exit_interrupted() -> None:
@@ -150,11 +154,7 @@ def _exit_interrupted() -> None:
     also set when the interrupt passes through code a C extension ran with ``PyRun_*``,
     even if robaudit caught it later. ``os._exit`` makes the documented code certain.
     """
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # a closed pipe: nothing more to say
-            pass
+    _flush_streams()
     os._exit(130)
 
 
